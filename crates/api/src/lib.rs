@@ -1,0 +1,6 @@
+//! Pure data shared by Vireo's binaries: no I/O, no KVM.
+
+pub mod exit;
+pub mod size;
+
+pub use exit::MonitorExit;

@@ -1,0 +1,21 @@
+// The one list of scenarios: (name, function, one-line description).
+//
+// This file is `include!`d twice: by the guest (scenarios/mod.rs turns each entry into a
+// registry entry that calls the function) and by the host crate (src/lib.rs keeps name and
+// description as `vireo_test_guest::SCENARIOS`). Adding a scenario: write the function in a
+// module of scenarios/ and add one line here.
+scenarios! {
+    ("hello", basic::hello, "prints a greeting with the vCPU count it was told (cpus=, default 1)"),
+    ("mem", mem::mem, "prints the RAM size and map, checks mem=<MiB>, tests the first and last page of every RAM region"),
+    ("cmdline", basic::cmdline, "prints the full command line"),
+    ("smp", smp::smp, "starts cpus=N CPUs, checks their APIC IDs and CPUID topology (leaves 1 and 0xB)"),
+    ("reset", power::reset, "resets through the i8042 and passes after the reboot (CMOS byte 0x5f marks it)"),
+    ("poweroff", power::poweroff, "powers off through the ACPI PM1a control port 0x604; FAIL if still running after 1 s"),
+    ("unemulated", basic::unemulated, "runs x87 fninit + fld1 at CPL0 (KVM_EXIT_INTERNAL_ERROR on the emulating host); exits with status 3 if it ran"),
+    ("exception", basic::exception, "reads a non-canonical address at CPL3: #GP, EXCEPTION line, status 2"),
+    ("fail", basic::fail, "fails with reason 'requested' (status 1)"),
+    ("wait", serial::wait, "waits for one byte of serial input, then passes"),
+    ("echo", serial::echo, "echoes each serial input line as 'echo: <line>' until the line 'quit'"),
+    ("boottime", basic::boottime, "prints the guest's own start-up time: PVH entry to Rust, and to the ready line"),
+    ("ticks", basic::ticks, "prints 'tick <i>' every interval_ms=100 ms, count=10 times"),
+}

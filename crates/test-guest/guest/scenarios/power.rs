@@ -1,0 +1,42 @@
+//! Reset and power-off.
+
+use crate::kit::prelude::*;
+use protocol::{CMOS_REBOOT_MAGIC, CMOS_REBOOT_MARKER};
+
+pub fn reset(ctx: &mut Ctx) -> Result<(), Fail> {
+    if io::cmos_read(CMOS_REBOOT_MARKER) == CMOS_REBOOT_MAGIC {
+        io::cmos_write(CMOS_REBOOT_MARKER, 0);
+        println!("reset: rebooted");
+        return Ok(());
+    }
+    io::cmos_write(CMOS_REBOOT_MARKER, CMOS_REBOOT_MAGIC);
+    let stored = io::cmos_read(CMOS_REBOOT_MARKER);
+    ensure!(
+        stored == CMOS_REBOOT_MAGIC,
+        "CMOS byte {CMOS_REBOOT_MARKER:#x} reads {stored:#x} after writing {CMOS_REBOOT_MAGIC:#x}: no CMOS RAM?"
+    );
+    let method = ctx.arg("method").unwrap_or("i8042");
+    println!("reset: resetting");
+    match method {
+        "i8042" => io::outb(protocol::I8042_CMD_PORT, protocol::I8042_RESET),
+        "triple-fault" => svc::triple_fault(),
+        _ => {
+            io::cmos_write(CMOS_REBOOT_MARKER, 0);
+            fail!("method={method}: expected i8042 or triple-fault");
+        }
+    }
+    time::sleep_ms(1000);
+    io::cmos_write(CMOS_REBOOT_MARKER, 0);
+    fail!("still running 1 s after the {method} reset")
+}
+
+pub fn poweroff(_ctx: &mut Ctx) -> Result<(), Fail> {
+    println!("poweroff: powering off");
+    io::outw(protocol::PM1A_CNT_PORT, protocol::PM1A_SLEEP_S5);
+    time::sleep_ms(1000);
+    fail!(
+        "still running 1 s after writing {:#x} to the PM1a control port {:#x}",
+        protocol::PM1A_SLEEP_S5,
+        protocol::PM1A_CNT_PORT
+    )
+}

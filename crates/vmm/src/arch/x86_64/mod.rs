@@ -1,0 +1,5 @@
+//! x86_64 specifics: CPUID, registers, boot protocol.
+
+pub mod boot;
+pub mod cpuid;
+pub mod regs;

@@ -1,0 +1,120 @@
+//! What one VM is made of, as the monitor's caller gives it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::memory::{LayoutError, MemoryLayout};
+
+/// Most vCPUs a VM may have: xAPIC IDs are 8 bits and 0xff is broadcast.
+pub const MAX_VCPUS: u32 = 254;
+
+/// Where COM1 goes.
+#[derive(Debug, Clone, Default)]
+pub enum SerialConfig {
+    /// Output to stdout, input from stdin (`escape`, if set, is the byte that
+    /// ends the VM when typed, e.g. Ctrl-] = 0x1d).
+    Stdio { escape: Option<u8> },
+    /// Output appended to a file; no input.
+    File(PathBuf),
+    /// A Unix socket the monitor listens on; one client at a time gets the
+    /// output and may type input. Output is dropped while no client is there.
+    Socket(PathBuf),
+    /// Output kept in memory (for tests and embedding).
+    Capture(Arc<Mutex<Vec<u8>>>),
+    /// No console.
+    #[default]
+    Null,
+}
+
+/// One VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// ELF kernel with a PVH entry point.
+    pub kernel: PathBuf,
+    /// Optional initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Number of vCPUs.
+    pub cpus: u32,
+    /// Guest RAM in bytes.
+    pub memory: u64,
+    /// COM1.
+    pub serial: SerialConfig,
+    /// Whether a guest reset (or triple fault) reboots the VM (true, the
+    /// default) or ends the monitor.
+    pub reboot: bool,
+    /// Ends the VM as an internal error after this many vCPU exits to the
+    /// monitor (all vCPUs together): a test's guard against runaway guests.
+    pub exit_budget: Option<u64>,
+}
+
+/// Invalid configuration: the VM cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("a VM needs at least one vCPU")]
+    NoCpus,
+    #[error("{cpus} vCPUs requested; at most {max} are supported")]
+    TooManyCpus { cpus: u32, max: u32 },
+    #[error(transparent)]
+    Memory(#[from] LayoutError),
+}
+
+impl VmConfig {
+    /// A config for `kernel` with one vCPU and 128 MiB, console on stdio.
+    pub fn new(kernel: impl Into<PathBuf>) -> VmConfig {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: String::new(),
+            cpus: 1,
+            memory: 128 << 20,
+            serial: SerialConfig::Stdio { escape: None },
+            reboot: true,
+            exit_budget: None,
+        }
+    }
+
+    /// Checks what can be checked without KVM; `kvm_max_vcpus` is KVM's limit
+    /// and `phys_bits` the host's guest-physical address width.
+    pub fn validate(&self, kvm_max_vcpus: u32, phys_bits: u8) -> Result<MemoryLayout, ConfigError> {
+        if self.cpus == 0 {
+            return Err(ConfigError::NoCpus);
+        }
+        let max = MAX_VCPUS.min(kvm_max_vcpus);
+        if self.cpus > max {
+            return Err(ConfigError::TooManyCpus {
+                cpus: self.cpus,
+                max,
+            });
+        }
+        Ok(MemoryLayout::new(self.memory, phys_bits)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_limit() {
+        let mut c = VmConfig::new("/k");
+        assert!(c.validate(1024, 40).is_ok());
+        c.cpus = 0;
+        assert!(matches!(c.validate(1024, 40), Err(ConfigError::NoCpus)));
+        c.cpus = 300;
+        assert_eq!(
+            c.validate(1024, 40).expect_err("too many").to_string(),
+            "300 vCPUs requested; at most 254 are supported"
+        );
+        c.cpus = 20;
+        assert!(c.validate(16, 40).is_err(), "KVM's own limit applies");
+        c.cpus = 1;
+        c.memory = 1 << 20;
+        assert!(c
+            .validate(16, 40)
+            .expect_err("small")
+            .to_string()
+            .contains("too small"));
+    }
+}

@@ -1,0 +1,629 @@
+//! One VM: KVM setup, boot, the vCPU threads, and the event loop that ends,
+//! reboots, pauses and resumes it.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Kvm, VmFd};
+use vireo_api::MonitorExit;
+use vireo_devices::VmRequest;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::arch::x86_64::{boot, cpuid, regs};
+use crate::config::{ConfigError, VmConfig};
+use crate::console::{Console, ConsoleError, Input};
+use crate::device_manager::DeviceManager;
+use crate::events::{Event, Notifier, VcpuFailure};
+use crate::memory::{host_phys_bits, MemoryLayout};
+use crate::vcpu::{self, Desired, VcpuContext, VcpuHandle, VcpuState};
+
+/// Where KVM puts the TSS it needs on Intel hosts: three pages just below the
+/// BIOS area at the top of the 32-bit space, inside the MMIO hole.
+const KVM_TSS_ADDR: usize = 0xfffb_d000;
+/// How long to wait for all vCPUs to park on pause.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors building or running the VM (the monitor's fault or the host's, not
+/// the guest's: what the guest does ends in an [`Outcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm (is KVM enabled on this host, and may this user use it?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM API version {0} is not supported (need 12)")]
+    KvmApi(i32),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("KVM refused to {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot allocate {size} MiB of guest memory")]
+    Memory {
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Console(#[from] ConsoleError),
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl VmError {
+    /// The exit code this error maps to.
+    pub fn exit(&self) -> MonitorExit {
+        match self {
+            VmError::Config(_) | VmError::Boot(_) | VmError::Console(_) => MonitorExit::Usage,
+            _ => MonitorExit::MonitorError,
+        }
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> VmError {
+    move |source| VmError::Io { what, source }
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The monitor's exit code.
+    pub exit: MonitorExit,
+    /// What happened, for people (may hold a register dump).
+    pub message: String,
+}
+
+/// Requests from other threads (tests, the control socket) to a running VM.
+#[derive(Debug)]
+pub enum ControlRequest {
+    /// Park every vCPU; replies once all are parked.
+    Pause(Sender<Result<(), String>>),
+    /// Let the vCPUs run again.
+    Resume(Sender<Result<(), String>>),
+    /// Stop the VM in order (as SIGTERM does).
+    Stop,
+}
+
+/// A handle to ask a running [`Machine`] to pause, resume or stop.
+#[derive(Clone)]
+pub struct MachineHandle {
+    notifier: Arc<Notifier>,
+}
+
+impl MachineHandle {
+    fn call(&self, make: fn(Sender<Result<(), String>>) -> ControlRequest) -> Result<(), String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.notifier.send(Event::Control(make(tx)));
+        rx.recv_timeout(PAUSE_TIMEOUT * 2)
+            .map_err(|_| "the VM did not answer".to_string())?
+    }
+
+    /// Pauses all vCPUs.
+    pub fn pause(&self) -> Result<(), String> {
+        self.call(ControlRequest::Pause)
+    }
+
+    /// Resumes all vCPUs.
+    pub fn resume(&self) -> Result<(), String> {
+        self.call(ControlRequest::Resume)
+    }
+
+    /// Stops the VM; `Machine::run` then returns `Terminated`.
+    pub fn stop(&self) {
+        self.notifier.send(Event::Control(ControlRequest::Stop));
+    }
+}
+
+/// One boot of the VM: KVM objects and guest memory. Dropped on reboot.
+struct Booted {
+    // Field order is drop order: vCPU threads stop before the VM fd closes.
+    vcpus: Vec<VcpuHandle>,
+    _vm: VmFd,
+    _mem: GuestMemoryMmap,
+}
+
+/// A VM and everything that outlives its reboots (devices, console, events).
+pub struct Machine {
+    config: VmConfig,
+    layout: MemoryLayout,
+    kvm: Kvm,
+    supported: CpuId,
+    devices: DeviceManager,
+    notifier: Arc<Notifier>,
+    events: Receiver<Event>,
+    input: Input,
+    booted: Option<Booted>,
+    boots: u32,
+}
+
+/// Blocks the signals the event loop takes through a signalfd, and returns it.
+fn signal_fd() -> Result<OwnedFd, VmError> {
+    // SAFETY: plain libc calls on local sigset values; results are checked.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(io_err("blocking signals")(std::io::Error::last_os_error()));
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(io_err("creating a signalfd")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+impl Machine {
+    /// Checks the configuration, opens KVM and the console, and builds the
+    /// devices. Nothing runs until [`Machine::run`].
+    pub fn new(config: VmConfig) -> Result<(Machine, MachineHandle), VmError> {
+        // Check what the user gave before touching KVM, so that mistakes are
+        // reported as such even on a host without /dev/kvm.
+        config.validate(u32::MAX, host_phys_bits())?;
+        boot::probe_kernel(&config.kernel)?;
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let api = kvm.get_api_version();
+        if api != 12 {
+            return Err(VmError::KvmApi(api));
+        }
+        let max = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
+        let layout = config.validate(max, host_phys_bits())?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("report its supported CPUID"))?;
+        let (notifier, events) = Notifier::new().map_err(io_err("creating an eventfd"))?;
+        let notifier = Arc::new(notifier);
+        let console = Console::open(&config.serial)?;
+        let devices = DeviceManager::new(&layout, notifier.clone(), console.output)
+            .map_err(io_err("creating devices"))?;
+        vcpu::install_kick_handler()
+            .map_err(|e| io_err("installing the vCPU kick handler")(e.into()))?;
+        let handle = MachineHandle {
+            notifier: notifier.clone(),
+        };
+        Ok((
+            Machine {
+                config,
+                layout,
+                kvm,
+                supported,
+                devices,
+                notifier,
+                events,
+                input: console.input,
+                booted: None,
+                boots: 0,
+            },
+            handle,
+        ))
+    }
+
+    /// Creates the KVM VM, loads the kernel and starts the vCPUs.
+    fn boot(&mut self) -> Result<(), VmError> {
+        let vm = self.kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDR)
+            .map_err(kvm_err("set the TSS address"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("create the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit)
+            .map_err(kvm_err("create the in-kernel PIT"))?;
+
+        let mem = self.layout.allocate().map_err(|source| VmError::Memory {
+            size: self.layout.size() >> 20,
+            source,
+        })?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region.as_ptr() as u64;
+            name_guest_memory(host, region.len());
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which is kept in
+            // `Booted` next to the VM fd and outlives every use of the slot.
+            unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("map guest memory"))?;
+        }
+        let entry = boot::load(
+            &mem,
+            &self.layout,
+            &self.config.kernel,
+            self.config.initrd.as_deref(),
+            &self.config.cmdline,
+        )?;
+        self.devices
+            .connect(&vm)
+            .map_err(kvm_err("connect device interrupts"))?;
+
+        let topo = cpuid::Topology::flat(self.config.cpus);
+        let mut vcpus = Vec::with_capacity(self.config.cpus as usize);
+        for index in 0..self.config.cpus {
+            let fd = vm
+                .create_vcpu(u64::from(topo.apic_id(index)))
+                .map_err(kvm_err("create a vCPU"))?;
+            let table = cpuid::build(self.supported.as_slice(), topo, index);
+            let table = CpuId::from_entries(&table)
+                .map_err(|_| io_err("building CPUID")(std::io::ErrorKind::InvalidData.into()))?;
+            fd.set_cpuid2(&table).map_err(kvm_err("set CPUID"))?;
+            let msrs = regs::msrs_fam(&regs::boot_msrs())
+                .map_err(|_| io_err("building MSRs")(std::io::ErrorKind::InvalidData.into()))?;
+            let set = fd.set_msrs(&msrs).map_err(kvm_err("set MSRs"))?;
+            if set != msrs.as_slice().len() {
+                log::debug!("KVM accepted {set} of {} boot MSRs", msrs.as_slice().len());
+            }
+            fd.set_fpu(&regs::initial_fpu())
+                .map_err(kvm_err("set the FPU state"))?;
+            let mut lapic = fd.get_lapic().map_err(kvm_err("read the local APIC"))?;
+            regs::set_virtual_wire(&mut lapic.regs);
+            fd.set_lapic(&lapic)
+                .map_err(kvm_err("set the local APIC"))?;
+            if index == 0 {
+                let sregs = fd.get_sregs().map_err(kvm_err("read special registers"))?;
+                fd.set_sregs(&regs::pvh_sregs(sregs))
+                    .map_err(kvm_err("set special registers"))?;
+                fd.set_regs(&regs::pvh_regs(entry.entry, entry.start_info))
+                    .map_err(kvm_err("set registers"))?;
+            }
+            vcpus.push(fd);
+        }
+        let budget = self
+            .config
+            .exit_budget
+            .map(|n| Arc::new(std::sync::atomic::AtomicU64::new(n)));
+        let mut handles = Vec::with_capacity(vcpus.len());
+        for (index, fd) in vcpus.into_iter().enumerate() {
+            let ctx = VcpuContext {
+                index: index as u32,
+                fd,
+                pio: self.devices.pio.clone(),
+                mmio: self.devices.mmio.clone(),
+                mem: mem.clone(),
+                notifier: self.notifier.clone(),
+                exit_budget: budget.clone(),
+            };
+            handles.push(VcpuHandle::spawn(ctx).map_err(io_err("starting a vCPU thread"))?);
+        }
+        self.boots += 1;
+        self.booted = Some(Booted {
+            vcpus: handles,
+            _vm: vm,
+            _mem: mem,
+        });
+        Ok(())
+    }
+
+    /// Stops all vCPUs and drops the KVM VM.
+    fn shutdown(&mut self) {
+        if let Some(mut b) = self.booted.take() {
+            for v in &b.vcpus {
+                v.control.set_desired(Desired::Stop);
+            }
+            for v in b.vcpus.iter_mut() {
+                v.stop();
+            }
+        }
+        // Events of the boot that just ended are moot now.
+        while self.events.try_recv().is_ok() {}
+    }
+
+    fn set_all(&self, d: Desired) -> Result<(), String> {
+        let Some(b) = &self.booted else {
+            return Err("the VM is not running".into());
+        };
+        for v in &b.vcpus {
+            v.request(d);
+        }
+        if d == Desired::Pause {
+            for v in &b.vcpus {
+                let s = v.control.wait_for(
+                    |s| matches!(s, VcpuState::Paused | VcpuState::Exited),
+                    PAUSE_TIMEOUT,
+                );
+                if !matches!(s, VcpuState::Paused | VcpuState::Exited) {
+                    return Err(format!("vcpu{} did not pause", v.index));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Boots the VM and runs it until it ends; reboots happen inside.
+    pub fn run(mut self) -> Result<Outcome, VmError> {
+        let signals = signal_fd()?;
+        let epoll = Epoll::new().map_err(io_err("creating an epoll"))?;
+        const EVENTS: u64 = 0;
+        const SIGNALS: u64 = 1;
+        const INPUT: u64 = 2;
+        const CLIENT: u64 = 3;
+        let add = |fd: RawFd, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(self.notifier.eventfd().as_raw_fd(), EVENTS).map_err(io_err("polling"))?;
+        add(signals.as_raw_fd(), SIGNALS).map_err(io_err("polling"))?;
+        let mut pending: Vec<u8> = Vec::new();
+        let mut input_open = match self.input.poll_fd() {
+            Some(fd) => match add(fd, INPUT) {
+                Ok(()) => true,
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    // A regular file or /dev/null on stdin: read it all now.
+                    if let Input::Fd { fd, .. } = &self.input {
+                        read_all_bounded(fd.as_raw_fd(), &mut pending, 1 << 20);
+                    }
+                    false
+                }
+                Err(e) => return Err(io_err("polling the console input")(e)),
+            },
+            None => false,
+        };
+        let mut client_fd: Option<RawFd> = None;
+
+        self.boot()?;
+        let mut ready = vec![EpollEvent::default(); 8];
+        let outcome = 'outer: loop {
+            let timeout = if pending.is_empty() { -1 } else { 10 };
+            let n = match epoll.wait(timeout, &mut ready) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                Err(e) => return Err(io_err("waiting for events")(e)),
+            };
+            for ev in &ready[..n] {
+                match ev.data() {
+                    SIGNALS => {
+                        let mut info = [0u8; 128];
+                        // SAFETY: reading one signalfd_siginfo into a large enough buffer.
+                        unsafe {
+                            libc::read(signals.as_raw_fd(), info.as_mut_ptr().cast(), info.len())
+                        };
+                        let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+                        break 'outer Outcome {
+                            exit: MonitorExit::Terminated,
+                            message: format!("stopped by signal {signo}"),
+                        };
+                    }
+                    INPUT => match &self.input {
+                        Input::Fd { fd, escape } => {
+                            let mut buf = [0u8; 256];
+                            // SAFETY: read into a local buffer from a descriptor we own.
+                            let r = unsafe {
+                                libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+                            };
+                            if r <= 0 {
+                                if r == 0 || !would_block() {
+                                    let _ = epoll.ctl(
+                                        ControlOperation::Delete,
+                                        fd.as_raw_fd(),
+                                        EpollEvent::default(),
+                                    );
+                                    input_open = false;
+                                }
+                            } else {
+                                let got = &buf[..r as usize];
+                                if let Some(esc) = escape {
+                                    if let Some(i) = got.iter().position(|b| b == esc) {
+                                        pending.extend_from_slice(&got[..i]);
+                                        self.feed_serial(&mut pending);
+                                        break 'outer Outcome {
+                                            exit: MonitorExit::Terminated,
+                                            message: "stopped from the console".into(),
+                                        };
+                                    }
+                                }
+                                pending.extend_from_slice(got);
+                            }
+                        }
+                        Input::Listener {
+                            listener, client, ..
+                        } => {
+                            if let Ok((stream, _)) = listener.accept() {
+                                if stream.set_nonblocking(true).is_ok() {
+                                    if let Some(old) = client_fd.take() {
+                                        let _ = epoll.ctl(
+                                            ControlOperation::Delete,
+                                            old,
+                                            EpollEvent::default(),
+                                        );
+                                    }
+                                    let fd = stream.as_raw_fd();
+                                    *client.lock().unwrap_or_else(|p| p.into_inner()) =
+                                        Some(stream);
+                                    if add(fd, CLIENT).is_ok() {
+                                        client_fd = Some(fd);
+                                    }
+                                }
+                            }
+                        }
+                        Input::None => {}
+                    },
+                    CLIENT => {
+                        if let (Input::Listener { client, .. }, Some(fd)) = (&self.input, client_fd)
+                        {
+                            let mut buf = [0u8; 256];
+                            // SAFETY: read into a local buffer from the client socket,
+                            // which stays open while it is registered here.
+                            let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+                            if r > 0 {
+                                pending.extend_from_slice(&buf[..r as usize]);
+                            } else if r == 0 || !would_block() {
+                                let _ =
+                                    epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                                client_fd = None;
+                                *client.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            }
+                        }
+                    }
+                    _ => {
+                        let _ = self.notifier.eventfd().read();
+                        while let Ok(event) = self.events.try_recv() {
+                            if let Some(outcome) = self.handle(event)? {
+                                break 'outer outcome;
+                            }
+                        }
+                    }
+                }
+            }
+            // Feed what the guest can take; stop reading while it is full.
+            let was_empty = pending.is_empty();
+            self.feed_serial(&mut pending);
+            if input_open {
+                if let Some(fd) = self.input_data_fd(client_fd) {
+                    let op = if !pending.is_empty() && was_empty {
+                        Some(ControlOperation::Delete)
+                    } else if pending.is_empty() && !was_empty {
+                        Some(ControlOperation::Add)
+                    } else {
+                        None
+                    };
+                    if let Some(op) = op {
+                        let token = if client_fd == Some(fd) { CLIENT } else { INPUT };
+                        let _ = epoll.ctl(op, fd, EpollEvent::new(EventSet::IN, token));
+                    }
+                }
+            }
+        };
+        self.shutdown();
+        Ok(outcome)
+    }
+
+    fn input_data_fd(&self, client_fd: Option<RawFd>) -> Option<RawFd> {
+        match &self.input {
+            Input::Fd { fd, .. } => Some(fd.as_raw_fd()),
+            Input::Listener { .. } => client_fd,
+            Input::None => None,
+        }
+    }
+
+    fn feed_serial(&self, pending: &mut Vec<u8>) {
+        if !pending.is_empty() {
+            let n = self.devices.enqueue_serial_input(pending);
+            pending.drain(..n);
+        }
+    }
+
+    /// Acts on one event; returns the outcome if the VM has ended.
+    fn handle(&mut self, event: Event) -> Result<Option<Outcome>, VmError> {
+        let end = |exit, message: String| Ok(Some(Outcome { exit, message }));
+        match event {
+            Event::Request(VmRequest::GuestExit(0)) => {
+                end(MonitorExit::Ok, "the guest reported success".into())
+            }
+            Event::Request(VmRequest::GuestExit(status)) => end(
+                MonitorExit::GuestFailed,
+                format!("the guest reported failure status {status}"),
+            ),
+            Event::Request(VmRequest::PowerOff) => {
+                end(MonitorExit::Ok, "the guest powered off".into())
+            }
+            Event::Request(VmRequest::Reset) => {
+                self.reset(MonitorExit::Reset, "the guest reset the machine".into())
+            }
+            Event::VcpuFailed {
+                failure: VcpuFailure::TripleFault { dump },
+                index,
+            } => self.reset(
+                MonitorExit::TripleFault,
+                format!("vcpu{index} triple-faulted\n{dump}"),
+            ),
+            Event::VcpuFailed {
+                index,
+                failure: VcpuFailure::Internal { what, dump },
+            } => end(
+                MonitorExit::InternalError,
+                format!("vcpu{index}: {what}\n{dump}"),
+            ),
+            Event::Control(ControlRequest::Pause(reply)) => {
+                let _ = reply.send(self.set_all(Desired::Pause));
+                Ok(None)
+            }
+            Event::Control(ControlRequest::Resume(reply)) => {
+                let _ = reply.send(self.set_all(Desired::Run));
+                Ok(None)
+            }
+            Event::Control(ControlRequest::Stop) => {
+                end(MonitorExit::Terminated, "stopped on request".into())
+            }
+        }
+    }
+
+    fn reset(&mut self, exit: MonitorExit, message: String) -> Result<Option<Outcome>, VmError> {
+        if !self.config.reboot {
+            return Ok(Some(Outcome { exit, message }));
+        }
+        log::info!(
+            "{}; rebooting (boot #{})",
+            message.lines().next().unwrap_or(""),
+            self.boots + 1
+        );
+        self.shutdown();
+        self.devices.reset();
+        self.boot()?;
+        Ok(None)
+    }
+}
+
+fn would_block() -> bool {
+    std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
+fn read_all_bounded(fd: RawFd, out: &mut Vec<u8>, max: usize) {
+    let mut buf = [0u8; 4096];
+    while out.len() < max {
+        // SAFETY: read into a local buffer.
+        let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if r <= 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..r as usize]);
+    }
+}
+
+/// Names the guest RAM mapping in /proc/PID/smaps ("[anon:vireo-guest-ram]"),
+/// so tools can tell guest memory from the monitor's own. Best effort: older
+/// kernels lack CONFIG_ANON_VMA_NAME.
+fn name_guest_memory(addr: u64, len: u64) {
+    const PR_SET_VMA: libc::c_int = 0x5356_4d41;
+    const PR_SET_VMA_ANON_NAME: libc::c_ulong = 0;
+    static NAME: &[u8] = b"vireo-guest-ram\0";
+    // SAFETY: prctl only labels the given mapping; NAME is a static C string.
+    unsafe {
+        libc::prctl(
+            PR_SET_VMA,
+            PR_SET_VMA_ANON_NAME,
+            addr as libc::c_ulong,
+            len as libc::c_ulong,
+            NAME.as_ptr(),
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! `cargo xtask <job>`: what CI runs, and the benchmarks.
+//!
+//! - `cargo xtask run [ARGS]`: build the release binaries and `vireo run ARGS`
+//!   (with no arguments: the built-in test guest). The README's first command.
+//! - `cargo xtask ci`: format check, clippy, the whole test suite (exactly CI).
+//! - `cargo xtask bench boot [--runs N]`: boot time and monitor overhead,
+//!   Vireo against QEMU on the same test guest.
+
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+mod bench;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("bench") => bench::main(&args[1..]),
+        Some("run") => run(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask run [vireo run options] | ci | bench boot [--runs N]");
+            bail!("unknown or missing job")
+        }
+    }
+}
+
+/// Runs a cargo subcommand in the workspace, failing on a non-zero exit.
+pub fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("$ cargo {}", args.join(" "));
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("cannot run {cargo}"))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The workspace's root directory.
+pub fn workspace_root() -> std::path::PathBuf {
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}
+
+fn ci() -> anyhow::Result<()> {
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    Ok(())
+}
+
+fn run(args: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "vireo-monitor",
+        "-p",
+        "vireo-cli",
+    ])?;
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        bail!("/dev/kvm is not usable by this user: Vireo needs KVM (run as root or join the kvm group)");
+    }
+    let vireo = workspace_root().join("target/release/vireo");
+    let err = Command::new(&vireo).arg("run").args(args).exec();
+    Err(err).with_context(|| format!("cannot run {}", vireo.display()))
+}
