@@ -109,8 +109,11 @@ impl VcpuControl {
         loop {
             match s.desired {
                 Desired::Run => {
-                    s.state = VcpuState::Running;
-                    self.changed.notify_all();
+                    // The common path (every exit): no wake-up unless the state changes.
+                    if s.state != VcpuState::Running {
+                        s.state = VcpuState::Running;
+                        self.changed.notify_all();
+                    }
                     return Desired::Run;
                 }
                 Desired::Stop => return Desired::Stop,
