@@ -101,6 +101,23 @@ fn reset_reboots_the_guest() {
 }
 
 #[test]
+fn every_reset_method_reboots() {
+    if !kvm_or_skip("every_reset_method_reboots") {
+        return;
+    }
+    for method in ["cf9", "triple-fault"] {
+        let r = boot(&format!("scenario=reset method={method}"), &[]);
+        r.expect_exit(MonitorExit::Ok)
+            .expect_stdout("reset: rebooted");
+    }
+    // A triple fault with rebooting disabled ends the VM with its own code and a dump.
+    boot("scenario=reset method=triple-fault", &["--no-reboot"])
+        .expect_exit(MonitorExit::TripleFault)
+        .expect_stderr("triple-faulted")
+        .expect_stderr("rip=");
+}
+
+#[test]
 fn poweroff_ends_the_vm() {
     if !kvm_or_skip("poweroff_ends_the_vm") {
         return;

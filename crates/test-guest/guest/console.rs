@@ -106,10 +106,17 @@ pub fn read_line<'a>(
     buf: &'a mut [u8],
     deadline: Option<&Deadline>,
 ) -> Result<&'a str, ReadLineError> {
+    // A line ends at LF, CR (what a terminal's Enter sends in raw mode) or
+    // CRLF: an LF right after a CR that ended the previous line is skipped.
+    static AFTER_CR: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
     let mut len = 0;
     loop {
         let b = read_byte(deadline).ok_or(ReadLineError::Timeout)?;
-        if b == b'\n' {
+        let after_cr = AFTER_CR.swap(b == b'\r', core::sync::atomic::Ordering::Relaxed);
+        if b == b'\n' && after_cr && len == 0 {
+            continue;
+        }
+        if b == b'\n' || b == b'\r' {
             break;
         }
         if len == buf.len() {
@@ -117,9 +124,6 @@ pub fn read_line<'a>(
         }
         buf[len] = b;
         len += 1;
-    }
-    if len > 0 && buf[len - 1] == b'\r' {
-        len -= 1;
     }
     core::str::from_utf8(&buf[..len]).map_err(|_| ReadLineError::NotUtf8)
 }

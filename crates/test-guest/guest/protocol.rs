@@ -44,6 +44,11 @@ pub const CMOS_REBOOT_MARKER: u8 = 0x5f;
 /// Value of [`CMOS_REBOOT_MARKER`] while a reset is in flight.
 pub const CMOS_REBOOT_MAGIC: u8 = 0xa5;
 
+/// The reset control register (the ACPI RESET_REG of Vireo's FADT).
+pub const RESET_CONTROL_PORT: u16 = 0xcf9;
+/// Value written to [`RESET_CONTROL_PORT`] to reset (RST_CPU | SYS_RST).
+pub const RESET_CONTROL_RESET: u8 = 0x06;
+
 /// Prefix of every line the guest prints about itself.
 pub const LINE_PREFIX: &str = "vireo-test-guest: ";
 /// Printed by the boot CPU as soon as Rust code runs at CPL3 (the boot benchmark's mark).

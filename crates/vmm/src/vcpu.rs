@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vireo_devices::Bus;
+use vireo_devices::ratelimit::RateLimitedLog;
+use vireo_devices::{guest_debug, Bus};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::events::{Event, Notifier, VcpuFailure};
@@ -128,6 +129,10 @@ impl VcpuControl {
         }
     }
 }
+
+/// Accesses to addresses no device claims: Linux probes many legacy ports, so
+/// these are debug-level, and a guest cannot flood the log with them.
+static UNCLAIMED: RateLimitedLog = RateLimitedLog::new(10, std::time::Duration::from_secs(60));
 
 thread_local! {
     /// This thread's `kvm_run`, for the kick signal handler.
@@ -274,7 +279,12 @@ fn run_once(ctx: &mut VcpuContext, run: *mut kvm_run) -> Result<(), VcpuFailure>
             // SAFETY: `run` is this vCPU's kvm_run; exit_reason is KVM_EXIT_IO.
             let size = usize::from(unsafe { (*run).__bindgen_anon_1.io.size }).max(1);
             for chunk in data.chunks(size) {
-                ctx.pio.write(u64::from(port), chunk);
+                if !ctx.pio.write(u64::from(port), chunk) {
+                    guest_debug!(
+                        UNCLAIMED,
+                        "vcpu{index}: write {chunk:02x?} to unclaimed port {port:#x}"
+                    );
+                }
             }
             Ok(())
         }
@@ -282,16 +292,22 @@ fn run_once(ctx: &mut VcpuContext, run: *mut kvm_run) -> Result<(), VcpuFailure>
             // SAFETY: as above.
             let size = usize::from(unsafe { (*run).__bindgen_anon_1.io.size }).max(1);
             for chunk in data.chunks_mut(size) {
-                ctx.pio.read(u64::from(port), chunk);
+                if !ctx.pio.read(u64::from(port), chunk) {
+                    guest_debug!(UNCLAIMED, "vcpu{index}: read from unclaimed port {port:#x}");
+                }
             }
             Ok(())
         }
         Ok(VcpuExit::MmioRead(addr, data)) => {
-            ctx.mmio.read(addr, data);
+            if !ctx.mmio.read(addr, data) {
+                guest_debug!(UNCLAIMED, "vcpu{index}: read from unclaimed MMIO {addr:#x}");
+            }
             Ok(())
         }
         Ok(VcpuExit::MmioWrite(addr, data)) => {
-            ctx.mmio.write(addr, data);
+            if !ctx.mmio.write(addr, data) {
+                guest_debug!(UNCLAIMED, "vcpu{index}: write to unclaimed MMIO {addr:#x}");
+            }
             Ok(())
         }
         Ok(VcpuExit::Hlt) | Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => Ok(()),

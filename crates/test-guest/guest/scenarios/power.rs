@@ -20,9 +20,10 @@ pub fn reset(ctx: &mut Ctx) -> Result<(), Fail> {
     match method {
         "i8042" => io::outb(protocol::I8042_CMD_PORT, protocol::I8042_RESET),
         "triple-fault" => svc::triple_fault(),
+        "cf9" => io::outb(protocol::RESET_CONTROL_PORT, protocol::RESET_CONTROL_RESET),
         _ => {
             io::cmos_write(CMOS_REBOOT_MARKER, 0);
-            fail!("method={method}: expected i8042 or triple-fault");
+            fail!("method={method}: expected i8042, cf9 or triple-fault");
         }
     }
     time::sleep_ms(1000);
