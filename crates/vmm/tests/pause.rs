@@ -6,20 +6,6 @@ use std::time::Duration;
 use vireo_api::MonitorExit;
 use vireo_vmm::{Machine, SerialConfig, VmConfig};
 
-fn kvm_usable() -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIPPED: /dev/kvm is not usable here ({e})");
-            false
-        }
-    }
-}
-
 fn text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
     String::from_utf8_lossy(&buf.lock().expect("not poisoned")).into_owned()
 }
@@ -37,7 +23,7 @@ fn wait_until(buf: &Arc<Mutex<Vec<u8>>>, what: &str, timeout: Duration) -> bool 
 
 #[test]
 fn paused_guest_makes_no_progress_and_resumes() {
-    if !kvm_usable() {
+    if !vireo_e2e::kvm_or_skip("paused_guest_makes_no_progress_and_resumes") {
         return;
     }
     let out = Arc::new(Mutex::new(Vec::new()));
