@@ -98,6 +98,9 @@ pub enum ControlRequest {
     Pause(Sender<Result<(), String>>),
     /// Let the vCPUs run again.
     Resume(Sender<Result<(), String>>),
+    /// Press the ACPI power button: a request the guest may honour by shutting
+    /// down. Replies whether the guest had enabled the button's event.
+    PowerButton(Sender<Result<bool, String>>),
     /// Stop the VM in order (as SIGTERM does).
     Stop,
 }
@@ -124,6 +127,16 @@ impl MachineHandle {
     /// Resumes all vCPUs.
     pub fn resume(&self) -> Result<(), String> {
         self.call(ControlRequest::Resume)
+    }
+
+    /// Presses the ACPI power button (a graceful shutdown request). Returns
+    /// whether the guest was listening for it.
+    pub fn power_button(&self) -> Result<bool, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.notifier
+            .send(Event::Control(ControlRequest::PowerButton(tx)));
+        rx.recv_timeout(PAUSE_TIMEOUT)
+            .map_err(|_| "the VM did not answer".to_string())?
     }
 
     /// Stops the VM; `Machine::run` then returns `Terminated`.
@@ -583,6 +596,10 @@ impl Machine {
             }
             Event::Control(ControlRequest::Resume(reply)) => {
                 let _ = reply.send(self.set_all(Desired::Run));
+                Ok(None)
+            }
+            Event::Control(ControlRequest::PowerButton(reply)) => {
+                let _ = reply.send(Ok(self.devices.press_power_button()));
                 Ok(None)
             }
             Event::Control(ControlRequest::Stop) => {
