@@ -31,6 +31,12 @@ pub struct RunArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1, value_name = "N")]
     cpus: u32,
+    /// vCPU topology, e.g. sockets=2,cores=2,threads=1 (the product must equal --cpus).
+    #[arg(long, value_name = "LIST")]
+    topology: Option<String>,
+    /// CPU model: host, x86-64-v2, emulated or auto.
+    #[arg(long, default_value = "auto", value_name = "MODEL")]
+    cpu_model: String,
     /// Guest memory: a number with an optional unit (K, M, G, T); a bare number is MiB.
     #[arg(long, default_value = "128M", value_name = "SIZE", value_parser = vireo_api::size::parse_size)]
     memory: u64,
@@ -89,6 +95,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     cmd.arg("--cmdline").arg(cmdline);
     cmd.arg("--cpus").arg(args.cpus.to_string());
+    if let Some(t) = &args.topology {
+        cmd.arg("--topology").arg(t);
+    }
+    cmd.arg("--cpu-model").arg(&args.cpu_model);
     cmd.arg("--memory").arg(format!("{}B", args.memory));
     cmd.arg("--serial").arg(&args.serial);
     if args.no_reboot {

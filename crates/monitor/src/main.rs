@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use vireo_api::size::parse_size;
 use vireo_api::MonitorExit;
+use vireo_vmm::arch::x86_64::cpu_model::CpuModel;
+use vireo_vmm::arch::x86_64::cpuid::Topology;
 use vireo_vmm::{Machine, SerialConfig, VmConfig};
 
 mod logger;
@@ -36,6 +38,14 @@ struct Args {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1, value_name = "N")]
     cpus: u32,
+    /// vCPU topology, e.g. sockets=2,cores=2,threads=1 (omitted parts are 1;
+    /// the product must equal --cpus). Default: one socket of --cpus cores.
+    #[arg(long, value_name = "LIST", value_parser = parse_topology)]
+    topology: Option<Topology>,
+    /// CPU model: host, x86-64-v2, emulated (for hosts whose KVM emulates guest
+    /// kernel code) or auto (emulated on such hosts, else host).
+    #[arg(long, default_value = "auto", value_name = "MODEL")]
+    cpu_model: CpuModel,
     /// Guest memory: a number with an optional unit (K, M, G, T); a bare number is MiB.
     #[arg(long, default_value = "128M", value_name = "SIZE", value_parser = parse_size)]
     memory: u64,
@@ -60,6 +70,33 @@ enum SerialArg {
     File(PathBuf),
     Unix(PathBuf),
     None,
+}
+
+fn parse_topology(s: &str) -> Result<Topology, String> {
+    let mut t = Topology {
+        sockets: 1,
+        cores: 1,
+        threads: 1,
+    };
+    for part in s.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}': expected sockets=N, cores=N or threads=N"))?;
+        let n: u32 = value
+            .parse()
+            .map_err(|_| format!("'{part}': '{value}' is not a number"))?;
+        match key {
+            "sockets" => t.sockets = n,
+            "cores" => t.cores = n,
+            "threads" => t.threads = n,
+            _ => {
+                return Err(format!(
+                    "'{key}' is not part of a topology: use sockets, cores, threads"
+                ))
+            }
+        }
+    }
+    Ok(t)
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
@@ -107,6 +144,8 @@ fn main() -> ExitCode {
         initrd: args.initrd,
         cmdline: args.cmdline,
         cpus: args.cpus,
+        topology: args.topology,
+        cpu_model: args.cpu_model,
         memory: args.memory,
         serial,
         reboot: !args.no_reboot,

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use crate::arch::x86_64::cpu_model::CpuModel;
+use crate::arch::x86_64::cpuid::Topology;
 use crate::memory::{LayoutError, MemoryLayout};
 
 /// Most vCPUs a VM may have: xAPIC IDs are 8 bits and 0xff is broadcast.
@@ -37,6 +39,11 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Number of vCPUs.
     pub cpus: u32,
+    /// How the vCPUs form sockets, cores and threads (default: one socket of
+    /// single-threaded cores). Its product must equal `cpus`.
+    pub topology: Option<Topology>,
+    /// Which CPU features the guest sees.
+    pub cpu_model: CpuModel,
     /// Guest RAM in bytes.
     pub memory: u64,
     /// COM1.
@@ -56,11 +63,29 @@ pub enum ConfigError {
     NoCpus,
     #[error("{cpus} vCPUs requested; at most {max} are supported")]
     TooManyCpus { cpus: u32, max: u32 },
+    #[error(
+        "the topology {sockets} sockets x {cores} cores x {threads} threads makes {product} vCPUs, \
+         but {cpus} were asked for"
+    )]
+    TopologyMismatch {
+        sockets: u32,
+        cores: u32,
+        threads: u32,
+        product: u64,
+        cpus: u32,
+    },
+    #[error("a topology needs at least one socket, core and thread")]
+    TopologyZero,
     #[error(transparent)]
     Memory(#[from] LayoutError),
 }
 
 impl VmConfig {
+    /// The vCPU topology in effect.
+    pub fn topology(&self) -> Topology {
+        self.topology.unwrap_or(Topology::flat(self.cpus))
+    }
+
     /// A config for `kernel` with one vCPU and 128 MiB, console on stdio.
     pub fn new(kernel: impl Into<PathBuf>) -> VmConfig {
         VmConfig {
@@ -68,6 +93,8 @@ impl VmConfig {
             initrd: None,
             cmdline: String::new(),
             cpus: 1,
+            topology: None,
+            cpu_model: CpuModel::auto(),
             memory: 128 << 20,
             serial: SerialConfig::Stdio { escape: None },
             reboot: true,
@@ -87,6 +114,21 @@ impl VmConfig {
                 cpus: self.cpus,
                 max,
             });
+        }
+        if let Some(t) = self.topology {
+            if t.sockets == 0 || t.cores == 0 || t.threads == 0 {
+                return Err(ConfigError::TopologyZero);
+            }
+            let product = u64::from(t.sockets) * u64::from(t.cores) * u64::from(t.threads);
+            if product != u64::from(self.cpus) {
+                return Err(ConfigError::TopologyMismatch {
+                    sockets: t.sockets,
+                    cores: t.cores,
+                    threads: t.threads,
+                    product,
+                    cpus: self.cpus,
+                });
+            }
         }
         Ok(MemoryLayout::new(self.memory, phys_bits)?)
     }
@@ -109,6 +151,30 @@ mod tests {
         );
         c.cpus = 20;
         assert!(c.validate(16, 40).is_err(), "KVM's own limit applies");
+        c.cpus = 4;
+        c.topology = Some(Topology {
+            sockets: 2,
+            cores: 2,
+            threads: 1,
+        });
+        assert!(c.validate(16, 40).is_ok());
+        c.topology = Some(Topology {
+            sockets: 2,
+            cores: 2,
+            threads: 2,
+        });
+        assert!(c
+            .validate(16, 40)
+            .expect_err("mismatch")
+            .to_string()
+            .contains("makes 8 vCPUs"));
+        c.topology = Some(Topology {
+            sockets: 0,
+            cores: 2,
+            threads: 2,
+        });
+        assert!(matches!(c.validate(16, 40), Err(ConfigError::TopologyZero)));
+        c.topology = None;
         c.cpus = 1;
         c.memory = 1 << 20;
         assert!(c

@@ -333,6 +333,9 @@ fn run_once(ctx: &mut VcpuContext, run: *mut kvm_run) -> Result<(), VcpuFailure>
         Ok(VcpuExit::InternalError) => {
             // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the live member.
             let info = unsafe { (*run).__bindgen_anon_1.internal };
+            if info.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION && deliver_int3(ctx) {
+                return Ok(());
+            }
             let n = (info.ndata as usize).min(info.data.len());
             let what = format!(
                 "KVM internal error, suberror {} ({}), data {:x?}",
@@ -374,6 +377,58 @@ fn run_once(ctx: &mut VcpuContext, run: *mut kvm_run) -> Result<(), VcpuFailure>
             dump: String::new(),
         }),
     }
+}
+
+/// Kernel-mode `int3` the host's instruction emulator could not run.
+static INT3: RateLimitedLog = RateLimitedLog::new(5, std::time::Duration::from_secs(60));
+
+/// On hosts whose KVM emulates guest kernel code, `int3` at CPL0 fails to
+/// emulate (shared/kvm-host.md), yet kernels use it (Linux's boot-time
+/// self-test, kprobes, static-call patching). When the failed instruction is
+/// an `int3` at CPL0, deliver the #BP the guest expects: step past it (int3 is
+/// a trap) and inject vector 3. Returns false if it was anything else.
+fn deliver_int3(ctx: &VcpuContext) -> bool {
+    const BP_VECTOR: u8 = 3;
+    let (Ok(mut regs), Ok(sregs)) = (ctx.fd.get_regs(), ctx.fd.get_sregs()) else {
+        return false;
+    };
+    if sregs.cs.selector & 3 != 0 || sregs.cs.l != 1 {
+        return false;
+    }
+    let Some(pa) = ctx
+        .fd
+        .translate_gva(regs.rip)
+        .ok()
+        .filter(|t| t.valid != 0)
+        .map(|t| t.physical_address)
+    else {
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    if ctx.mem.read_slice(&mut byte, GuestAddress(pa)).is_err() || byte[0] != 0xcc {
+        return false;
+    }
+    let Ok(mut events) = ctx.fd.get_vcpu_events() else {
+        return false;
+    };
+    if events.exception.injected != 0 || events.exception.pending != 0 {
+        return false;
+    }
+    regs.rip += 1;
+    events.exception.injected = 1;
+    events.exception.nr = BP_VECTOR;
+    events.exception.has_error_code = 0;
+    events.exception.error_code = 0;
+    if ctx.fd.set_regs(&regs).is_err() || ctx.fd.set_vcpu_events(&events).is_err() {
+        return false;
+    }
+    guest_debug!(
+        INT3,
+        "vcpu{}: delivered #BP for kernel int3 at {:#x}",
+        ctx.index,
+        regs.rip - 1
+    );
+    true
 }
 
 /// A register dump for post-mortems.

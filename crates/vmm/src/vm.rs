@@ -16,7 +16,7 @@ use vireo_devices::VmRequest;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use crate::arch::x86_64::{boot, cpuid, regs};
+use crate::arch::x86_64::{boot, cpuid, linux, regs};
 use crate::config::{ConfigError, VmConfig};
 use crate::console::{Console, ConsoleError, Input};
 use crate::device_manager::DeviceManager;
@@ -158,7 +158,8 @@ pub struct Machine {
     config: VmConfig,
     layout: MemoryLayout,
     kvm: Kvm,
-    supported: CpuId,
+    /// KVM's supported CPUID entries, restricted to the CPU model.
+    supported: Vec<kvm_bindings::kvm_cpuid_entry2>,
     devices: DeviceManager,
     notifier: Arc<Notifier>,
     events: Receiver<Event>,
@@ -207,6 +208,7 @@ impl Machine {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("report its supported CPUID"))?;
+        let supported = config.cpu_model.apply(supported.as_slice());
         let (notifier, events) = Notifier::new().map_err(io_err("creating an eventfd"))?;
         let notifier = Arc::new(notifier);
         let console = Console::open(&config.serial)?;
@@ -261,17 +263,17 @@ impl Machine {
                 };
                 vm.create_pit2(pit)
                     .map_err(kvm_err("create the in-kernel PIT"))?;
-                let entry = boot::load(
-                    &mem,
-                    &self.layout,
-                    &self.config.kernel,
-                    self.config.initrd.as_deref(),
-                    &self.config.cmdline,
-                )?;
+                let source = boot::BootSource {
+                    kernel: &self.config.kernel,
+                    initrd: self.config.initrd.as_deref(),
+                    cmdline: &self.config.cmdline,
+                    rsdp: None,
+                };
+                let entry = boot::load(&mem, &self.layout, &source)?;
                 self.devices
                     .connect(&vm)
                     .map_err(kvm_err("connect device interrupts"))?;
-                let topo = cpuid::Topology::flat(self.config.cpus);
+                let topo = self.config.topology();
                 let vcpus = (0..self.config.cpus)
                     .map(|index| self.create_vcpu(&vm, topo, index, entry))
                     .collect::<Result<Vec<_>, _>>()?;
@@ -322,7 +324,7 @@ impl Machine {
         let fd = vm
             .create_vcpu(u64::from(topo.apic_id(index)))
             .map_err(kvm_err("create a vCPU"))?;
-        let table = cpuid::build(self.supported.as_slice(), topo, index);
+        let table = cpuid::build(&self.supported, topo, index);
         let table = CpuId::from_entries(&table)
             .map_err(|_| io_err("building CPUID")(std::io::ErrorKind::InvalidData.into()))?;
         fd.set_cpuid2(&table).map_err(kvm_err("set CPUID"))?;
@@ -340,10 +342,18 @@ impl Machine {
             .map_err(kvm_err("set the local APIC"))?;
         if index == 0 {
             let sregs = fd.get_sregs().map_err(kvm_err("read special registers"))?;
-            fd.set_sregs(&regs::pvh_sregs(sregs))
+            let (sregs, regs) = match entry {
+                boot::BootEntry::Pvh { entry, start_info } => {
+                    (regs::pvh_sregs(sregs), regs::pvh_regs(entry, start_info))
+                }
+                boot::BootEntry::Linux64 { entry, boot_params } => (
+                    regs::long_mode_sregs(sregs, linux::PML4_ADDR),
+                    regs::linux_regs(entry, boot_params, linux::BOOT_STACK),
+                ),
+            };
+            fd.set_sregs(&sregs)
                 .map_err(kvm_err("set special registers"))?;
-            fd.set_regs(&regs::pvh_regs(entry.entry, entry.start_info))
-                .map_err(kvm_err("set registers"))?;
+            fd.set_regs(&regs).map_err(kvm_err("set registers"))?;
         }
         Ok(fd)
     }

@@ -1,5 +1,7 @@
 //! x86_64 specifics: CPUID, registers, boot protocol.
 
 pub mod boot;
+pub mod cpu_model;
 pub mod cpuid;
+pub mod linux;
 pub mod regs;

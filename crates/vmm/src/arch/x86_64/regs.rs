@@ -2,21 +2,40 @@
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 
-/// Where the boot GDT is written in guest memory (PVH only needs flat segments;
-/// the table exists so that a guest reloading a selector finds what it expects).
+/// Where the boot GDT is written in guest memory. The kernel reloads its own
+/// GDT early; this one exists so that the descriptor caches KVM is given match
+/// a real table.
 pub const BOOT_GDT_ADDR: u64 = 0x500;
-/// The boot GDT: null, flat 32-bit code (0x08), flat data (0x10), TSS (0x18).
-pub const BOOT_GDT: [u64; 4] = [
+/// The boot GDT: null, flat 32-bit code (0x08, PVH), 64-bit code (0x10, Linux's
+/// `__BOOT_CS`), flat data (0x18, `__BOOT_DS`), TSS (0x20).
+pub const BOOT_GDT: [u64; 5] = [
     0,
     0x00cf_9b00_0000_ffff, // code: base 0, limit 4 GiB, present, exec/read, accessed, 32-bit
+    0x00af_9b00_0000_ffff, // code: 64-bit (L=1)
     0x00cf_9300_0000_ffff, // data: base 0, limit 4 GiB, present, read/write, accessed
     0x0000_8b00_0000_0067, // 32-bit busy TSS, base 0, limit 0x67
 ];
+const CODE32: u16 = 0x08;
+const CODE64: u16 = 0x10;
+const DATA: u16 = 0x18;
+const TSS: u16 = 0x20;
 
 const CR0_PE: u64 = 1 << 0;
+const CR0_MP: u64 = 1 << 1;
 const CR0_ET: u64 = 1 << 4;
+const CR0_NE: u64 = 1 << 5;
+const CR0_WP: u64 = 1 << 16;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
 
-fn segment(selector: u16, descriptor: u64) -> kvm_segment {
+fn descriptor(selector: u16) -> u64 {
+    BOOT_GDT[usize::from(selector >> 3)]
+}
+
+fn segment(selector: u16) -> kvm_segment {
+    let descriptor = descriptor(selector);
     let flags = (descriptor >> 40) as u16;
     kvm_segment {
         base: 0,
@@ -39,22 +58,25 @@ fn segment(selector: u16, descriptor: u64) -> kvm_segment {
     }
 }
 
-/// Special registers for the PVH entry: 32-bit protected mode, paging off,
-/// flat segments (PVH boot ABI, xen `docs/misc/pvh.pandoc`).
-pub fn pvh_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
-    let code = segment(0x08, BOOT_GDT[1]);
-    let data = segment(0x10, BOOT_GDT[2]);
-    sregs.cs = code;
+fn flat_segments(sregs: &mut kvm_sregs, code: u16) {
+    let data = segment(DATA);
+    sregs.cs = segment(code);
     sregs.ds = data;
     sregs.es = data;
     sregs.fs = data;
     sregs.gs = data;
     sregs.ss = data;
-    sregs.tr = segment(0x18, BOOT_GDT[3]);
+    sregs.tr = segment(TSS);
     sregs.gdt.base = BOOT_GDT_ADDR;
     sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
     sregs.idt.base = 0;
     sregs.idt.limit = 0;
+}
+
+/// Special registers for the PVH entry: 32-bit protected mode, paging off,
+/// flat segments (PVH boot ABI, xen `docs/misc/pvh.pandoc`).
+pub fn pvh_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
+    flat_segments(&mut sregs, CODE32);
     sregs.cr0 = CR0_PE | CR0_ET;
     sregs.cr3 = 0;
     sregs.cr4 = 0;
@@ -67,6 +89,29 @@ pub fn pvh_regs(entry: u64, start_info: u64) -> kvm_regs {
     kvm_regs {
         rip: entry,
         rbx: start_info,
+        rflags: 0x2,
+        ..Default::default()
+    }
+}
+
+/// Special registers for Linux's 64-bit entry: long mode with paging on the
+/// identity map at `pml4`, `__BOOT_CS`/`__BOOT_DS` loaded.
+pub fn long_mode_sregs(mut sregs: kvm_sregs, pml4: u64) -> kvm_sregs {
+    flat_segments(&mut sregs, CODE64);
+    sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
+    sregs.cr3 = pml4;
+    sregs.cr4 = CR4_PAE;
+    sregs.efer = EFER_LME | EFER_LMA;
+    sregs
+}
+
+/// General registers for Linux's 64-bit entry: RSI points at `boot_params`.
+pub fn linux_regs(entry: u64, boot_params: u64, stack: u64) -> kvm_regs {
+    kvm_regs {
+        rip: entry,
+        rsi: boot_params,
+        rsp: stack,
+        rbp: stack,
         rflags: 0x2,
         ..Default::default()
     }
@@ -163,9 +208,25 @@ mod tests {
         );
         assert_eq!((s.ss.limit, s.ss.type_, s.ss.present), (0xffff_ffff, 3, 1));
         assert_eq!((s.tr.type_, s.tr.limit, s.tr.s), (0xb, 0x67, 0));
-        assert_eq!(s.gdt.limit, 31);
+        assert_eq!(s.gdt.limit, 39);
         let r = pvh_regs(0x10_0000, 0x6000);
         assert_eq!((r.rip, r.rbx, r.rflags), (0x10_0000, 0x6000, 2));
+    }
+
+    #[test]
+    fn linux_state_is_long_mode_on_boot_selectors() {
+        let s = long_mode_sregs(kvm_sregs::default(), 0x9000);
+        assert_eq!(
+            (s.cs.selector, s.cs.l, s.cs.db),
+            (0x10, 1, 0),
+            "__BOOT_CS, 64-bit"
+        );
+        assert_eq!(s.ds.selector, 0x18, "__BOOT_DS");
+        assert_eq!(s.cr3, 0x9000);
+        assert_ne!(s.cr0 & CR0_PG, 0);
+        assert_eq!(s.efer, EFER_LME | EFER_LMA);
+        let r = linux_regs(0x100_0200, 0x7000, 0x8ff0);
+        assert_eq!((r.rip, r.rsi, r.rsp), (0x100_0200, 0x7000, 0x8ff0));
     }
 
     #[test]
