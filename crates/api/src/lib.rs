@@ -1,5 +1,6 @@
 //! Pure data shared by Vireo's binaries: no I/O, no KVM.
 
+pub mod control;
 pub mod exit;
 pub mod size;
 

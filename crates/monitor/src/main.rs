@@ -13,6 +13,7 @@ use vireo_vmm::arch::x86_64::cpu_model::CpuModel;
 use vireo_vmm::arch::x86_64::cpuid::Topology;
 use vireo_vmm::{Machine, SerialConfig, VmConfig};
 
+mod control;
 mod logger;
 mod tty;
 
@@ -52,6 +53,10 @@ struct Args {
     /// Where COM1 goes: stdio, file:PATH, unix:PATH (the monitor listens) or none.
     #[arg(long, default_value = "stdio", value_name = "SINK", value_parser = parse_serial)]
     serial: SerialArg,
+    /// Serve the control protocol (pause, resume, power-button, stop) on this
+    /// Unix socket; see vireo_api::control.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
     /// End the monitor when the guest resets instead of rebooting it.
     #[arg(long)]
     no_reboot: bool,
@@ -151,16 +156,29 @@ fn main() -> ExitCode {
         reboot: !args.no_reboot,
         exit_budget: args.exit_budget,
     };
-    let exit = run(config, interactive);
+    let exit = run(config, interactive, args.control.as_deref());
     ExitCode::from(exit.code())
 }
 
-fn run(config: VmConfig, interactive: bool) -> MonitorExit {
-    let (machine, _handle) = match Machine::new(config) {
+fn run(config: VmConfig, interactive: bool, control: Option<&std::path::Path>) -> MonitorExit {
+    let (machine, handle) = match Machine::new(config) {
         Ok(m) => m,
         Err(e) => {
             report(&e);
             return e.exit();
+        }
+    };
+    let _control = match control
+        .map(|p| control::serve(p, handle).map_err(|e| (p, e)))
+        .transpose()
+    {
+        Ok(c) => c,
+        Err((p, e)) => {
+            eprintln!(
+                "vireo-vmm: error: cannot serve the control socket '{}': {e}",
+                p.display()
+            );
+            return MonitorExit::Usage;
         }
     };
     let _raw = if interactive {
