@@ -100,12 +100,7 @@ mod tests {
             serde_json::to_string(&e).expect("json"),
             r#"{"ok":false,"code":"bad-request","message":"no"}"#
         );
-        for bad in [
-            r#"{"cmd":"frobnicate"}"#,
-            "{}",
-            "pause",
-            "",
-        ] {
+        for bad in [r#"{"cmd":"frobnicate"}"#, "{}", "pause", ""] {
             assert!(
                 serde_json::from_str::<ControlRequest>(bad).is_err(),
                 "{bad}"

@@ -16,7 +16,7 @@ use vireo_devices::VmRequest;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use crate::arch::x86_64::{boot, cpuid, linux, regs};
+use crate::arch::x86_64::{acpi, boot, cpuid, linux, regs};
 use crate::config::{ConfigError, VmConfig};
 use crate::console::{Console, ConsoleError, Input};
 use crate::device_manager::DeviceManager;
@@ -54,6 +54,8 @@ pub enum VmError {
     },
     #[error(transparent)]
     Boot(#[from] boot::BootError),
+    #[error("building the ACPI tables")]
+    Acpi(#[from] acpi::AcpiError),
     #[error(transparent)]
     Console(#[from] ConsoleError),
     #[error("{what}")]
@@ -263,17 +265,22 @@ impl Machine {
                 };
                 vm.create_pit2(pit)
                     .map_err(kvm_err("create the in-kernel PIT"))?;
+                let topo = self.config.topology();
+                let acpi = acpi::AcpiConfig {
+                    apic_ids: (0..self.config.cpus).map(|i| topo.apic_id(i)).collect(),
+                    pci: None,
+                };
+                let tables = acpi::create_acpi_tables(&mem, &acpi)?;
                 let source = boot::BootSource {
                     kernel: &self.config.kernel,
                     initrd: self.config.initrd.as_deref(),
                     cmdline: &self.config.cmdline,
-                    rsdp: None,
+                    rsdp: Some(tables.rsdp.0),
                 };
                 let entry = boot::load(&mem, &self.layout, &source)?;
                 self.devices
                     .connect(&vm)
                     .map_err(kvm_err("connect device interrupts"))?;
-                let topo = self.config.topology();
                 let vcpus = (0..self.config.cpus)
                     .map(|index| self.create_vcpu(&vm, topo, index, entry))
                     .collect::<Result<Vec<_>, _>>()?;

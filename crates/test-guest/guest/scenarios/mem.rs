@@ -4,6 +4,9 @@ use crate::bootinfo::BootInfo;
 use crate::kit::prelude::*;
 
 const PAGE: u64 = 4096;
+/// The 32-bit MMIO hole (PCI, IO APIC, local APIC, firmware): never RAM.
+const MMIO_HOLE_START: u64 = 0xc000_0000;
+const MMIO_HOLE_END: u64 = 0x1_0000_0000;
 
 pub fn mem(ctx: &mut Ctx) -> Result<(), Fail> {
     let map = ctx.memmap();
@@ -27,6 +30,7 @@ pub fn mem(ctx: &mut Ctx) -> Result<(), Fail> {
     for &(start, end) in ctx.boot().modules() {
         println!("memory: module {start:#x}-{:#x}", end.saturating_sub(1));
     }
+    check_layout(ctx, map)?;
     if ctx.arg("mem").is_some() {
         let want = ctx.arg_u64("mem", 0)?;
         // The legacy 640 KiB-1 MiB hole may be left out of RAM: allow one MiB less.
@@ -66,6 +70,60 @@ pub fn mem(ctx: &mut Ctx) -> Result<(), Fail> {
             .map(|r| r.end())
             .max()
             .unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// The map's shape: no two entries overlap; entries in ascending order (required with
+/// `sorted=1`: E820 allows any order, and QEMU's firmware lists RAM above 1 MiB last); no
+/// RAM in the 32-bit MMIO hole (unless `hole=0`).
+fn check_layout(ctx: &Ctx, map: &[MemRegion]) -> Result<(), Fail> {
+    let mut by_addr: Vec<MemRegion> = map.to_vec();
+    by_addr.sort_unstable_by_key(|r| (r.addr, r.size));
+    for pair in by_addr.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        ensure!(
+            a.end() <= b.addr,
+            "memory map entries {:#x}-{:#x} ({}) and {:#x}-{:#x} ({}) overlap",
+            a.addr,
+            a.end() - 1,
+            a.kind_name(),
+            b.addr,
+            b.end() - 1,
+            b.kind_name()
+        );
+    }
+    let sorted = map.windows(2).all(|pair| pair[0].addr < pair[1].addr);
+    if !sorted {
+        ensure!(
+            ctx.arg_u64("sorted", 0)? == 0,
+            "the memory map is not sorted by address (sorted=1)"
+        );
+        println!("memory: note: the map is not sorted by address");
+    }
+    let hole = ctx.arg_u64("hole", 1)? != 0;
+    if hole {
+        if let Some(r) = map
+            .iter()
+            .find(|r| r.is_ram() && r.addr < MMIO_HOLE_END && MMIO_HOLE_START < r.end())
+        {
+            fail!(
+                "RAM {:#x}-{:#x} reaches into the 32-bit MMIO hole {MMIO_HOLE_START:#x}-{:#x} \
+                 (hole=0 allows it)",
+                r.addr,
+                r.end() - 1,
+                MMIO_HOLE_END - 1
+            );
+        }
+    }
+    println!(
+        "memory: no overlaps{}{}",
+        if sorted { ", sorted" } else { "" },
+        if hole {
+            ", no RAM in the 32-bit MMIO hole"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The scenario registry. The list itself is list.rs (shared with the host crate).
 
+mod acpi;
 mod basic;
 mod mem;
 mod power;

@@ -1,5 +1,6 @@
 //! x86_64 specifics: CPUID, registers, boot protocol.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpu_model;
 pub mod cpuid;
