@@ -129,3 +129,32 @@ fn oversized_request_is_refused_and_the_monitor_lives_on() {
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn power_button_asks_a_listening_guest_to_shut_down() {
+    if !kvm_or_skip("power_button_asks_a_listening_guest_to_shut_down") {
+        return;
+    }
+    let sock = std::env::temp_dir().join(format!("vireo-control-pb-{}.sock", std::process::id()));
+    let mut cmd = vmm(
+        "scenario=powerbutton",
+        &["--control", &sock.display().to_string()],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let out = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(out).lines().map_while(Result::ok);
+    assert!(
+        lines.any(|l| l.contains("waiting for the power button")),
+        "guest listening"
+    );
+    let mut s = connect(&sock);
+    let reply = call(&mut s, r#"{"cmd":"power-button"}"#);
+    assert_eq!(reply.trim(), r#"{"ok":true,"guest_listening":true}"#);
+    assert!(
+        lines.any(|l| l.contains("pressed; powering off")),
+        "guest saw the press"
+    );
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "a graceful power-off");
+}

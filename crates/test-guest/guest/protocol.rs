@@ -25,6 +25,10 @@ pub const STATUS_EXCEPTION: u32 = 2;
 /// emulating host the VM ends with `KVM_EXIT_INTERNAL_ERROR` before this is written.
 pub const STATUS_UNEMULATED_RAN: u32 = 3;
 
+/// ACPI PM1a event block (Vireo's): status at +0, enable at +2 (16 bits each).
+pub const PM1A_EVT_PORT: u16 = 0x600;
+/// PM1 status/enable bit of the power button.
+pub const PM1_PWRBTN: u16 = 1 << 8;
 /// ACPI PM1a control register port (Vireo's). A 16-bit write of [`PM1A_SLEEP_S5`] powers off.
 pub const PM1A_CNT_PORT: u16 = 0x604;
 /// SLP_TYP = 5 (bits 10-12) | SLP_EN (bit 13).

@@ -41,3 +41,26 @@ pub fn poweroff(_ctx: &mut Ctx) -> Result<(), Fail> {
         protocol::PM1A_CNT_PORT
     )
 }
+
+/// Acts like an OS honouring the ACPI power button: enables its event, waits
+/// for it (polling PM1 status), acknowledges it and powers off.
+pub fn powerbutton(ctx: &mut Ctx) -> Result<(), Fail> {
+    let timeout_ms = ctx.arg_u64("timeout_ms", 30_000)?;
+    io::outw(protocol::PM1A_EVT_PORT + 2, protocol::PM1_PWRBTN);
+    println!("powerbutton: waiting for the power button");
+    let deadline = Deadline::after_ms(timeout_ms);
+    while io::inw(protocol::PM1A_EVT_PORT) & protocol::PM1_PWRBTN == 0 {
+        ensure!(!deadline.expired(), "no power button press within {timeout_ms} ms");
+        time::sleep_ms(5);
+    }
+    // Write-1-to-clear, then shut down as asked.
+    io::outw(protocol::PM1A_EVT_PORT, protocol::PM1_PWRBTN);
+    ensure!(
+        io::inw(protocol::PM1A_EVT_PORT) & protocol::PM1_PWRBTN == 0,
+        "PWRBTN_STS did not clear on write-1-to-clear"
+    );
+    println!("powerbutton: pressed; powering off");
+    io::outw(protocol::PM1A_CNT_PORT, protocol::PM1A_SLEEP_S5);
+    time::sleep_ms(1000);
+    fail!("still running 1 s after powering off")
+}
