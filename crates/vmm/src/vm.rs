@@ -276,6 +276,7 @@ impl Machine {
                     initrd: self.config.initrd.as_deref(),
                     cmdline: &self.config.cmdline,
                     rsdp: Some(tables.rsdp.0),
+                    linux_extra: self.config.cpu_model.linux_cmdline(),
                 };
                 let entry = boot::load(&mem, &self.layout, &source)?;
                 self.devices
@@ -332,6 +333,16 @@ impl Machine {
             .create_vcpu(u64::from(topo.apic_id(index)))
             .map_err(kvm_err("create a vCPU"))?;
         let table = cpuid::build(&self.supported, topo, index);
+        if index == 0 {
+            if let Some(l1) = table.iter().find(|e| e.function == 1) {
+                log::debug!(
+                    "CPU model {}: leaf 1 ecx={:#010x} edx={:#010x}",
+                    self.config.cpu_model,
+                    l1.ecx,
+                    l1.edx
+                );
+            }
+        }
         let table = CpuId::from_entries(&table)
             .map_err(|_| io_err("building CPUID")(std::io::ErrorKind::InvalidData.into()))?;
         fd.set_cpuid2(&table).map_err(kvm_err("set CPUID"))?;

@@ -75,3 +75,21 @@ pub fn ticks(ctx: &mut Ctx) -> Result<(), Fail> {
     }
     Ok(())
 }
+
+/// Prints CPUID leaves as the guest kernel sees them (executed at CPL0, where
+/// the VMM's table applies) next to what CPL3 gets on the emulating host (the
+/// host's own values there). `leaves=0,1,7` picks the leaves (hex).
+pub fn cpuid(ctx: &mut Ctx) -> Result<(), Fail> {
+    let list = ctx.arg("leaves").unwrap_or("0,1,7,d,80000001,40000000,40000001");
+    for word in list.split(',') {
+        let leaf = u32::from_str_radix(word.trim_start_matches("0x"), 16)
+            .map_err(|_| Fail::new(format!("leaves: '{word}' is not a hex number")))?;
+        let k = svc::cpuid(leaf, 0);
+        let u = core::arch::x86_64::__cpuid_count(leaf, 0);
+        println!(
+            "cpuid {leaf:#010x}: cpl0 {:08x} {:08x} {:08x} {:08x}  cpl3 {:08x} {:08x} {:08x} {:08x}",
+            k.eax, k.ebx, k.ecx, k.edx, u.eax, u.ebx, u.ecx, u.edx
+        );
+    }
+    Ok(())
+}

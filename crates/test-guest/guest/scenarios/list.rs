@@ -18,6 +18,7 @@ scenarios! {
     ("wait", serial::wait, "waits for one byte of serial input, then passes"),
     ("echo", serial::echo, "echoes each serial input line as 'echo: <line>' until the line 'quit'"),
     ("boottime", basic::boottime, "prints the guest's own start-up time: PVH entry to Rust, and to the ready line"),
+    ("cpuid", basic::cpuid, "prints CPUID leaves (leaves=0,1,7,...) as executed at CPL0 (the VMM's table) and at CPL3"),
     ("ticks", basic::ticks, "prints 'tick <i>' every interval_ms=100 ms, count=10 times"),
     ("acpi", acpi::acpi, "finds the RSDP, checks every ACPI table's bounds, checksum and place in the memory map, the MADT against cpus=N and the FADT (sci=, pm1a_evt=, pm1a_cnt=, reset=, reset_value=) and DSDT; scan=1: the RSDP must also be in 0xe0000-0xfffff"),
 }

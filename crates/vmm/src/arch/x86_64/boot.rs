@@ -71,6 +71,9 @@ pub struct BootSource<'a> {
     pub cmdline: &'a str,
     /// Address of the ACPI RSDP, if the machine has ACPI tables.
     pub rsdp: Option<u64>,
+    /// Parameters appended to the command line when the kernel is Linux (a
+    /// bzImage, or an ELF with a "Linux" note): the CPU model's quirks.
+    pub linux_extra: Option<&'a str>,
 }
 
 /// Errors loading the kernel, initrd or boot data.
@@ -141,16 +144,29 @@ pub fn load(
     src: &BootSource<'_>,
 ) -> Result<BootEntry, BootError> {
     let path = || src.kernel.to_path_buf();
+    if src.cmdline.contains('\0') {
+        return Err(BootError::CmdlineNul);
+    }
+    let (mut file, size, image) = open_kernel(src.kernel)?;
+    let is_linux = match &image {
+        Image::BzImage(_) => true,
+        Image::Elf => elf_has_note(&mut file, b"Linux").unwrap_or(false),
+    };
+    let cmdline = match (src.linux_extra, is_linux) {
+        (Some(extra), true) if src.cmdline.is_empty() => extra.to_string(),
+        (Some(extra), true) => format!("{} {extra}", src.cmdline),
+        _ => src.cmdline.to_string(),
+    };
+    let src = &BootSource {
+        cmdline: &cmdline,
+        ..*src
+    };
     if src.cmdline.len() >= CMDLINE_MAX {
         return Err(BootError::CmdlineTooLong {
             len: src.cmdline.len(),
             max: CMDLINE_MAX - 1,
         });
     }
-    if src.cmdline.contains('\0') {
-        return Err(BootError::CmdlineNul);
-    }
-    let (mut file, size, image) = open_kernel(src.kernel)?;
     let room = layout.low_end().saturating_sub(HIGH_MEMORY_START);
     if size > room {
         return Err(BootError::KernelTooBig {
@@ -379,6 +395,55 @@ fn open_kernel(kernel: &Path) -> Result<(File, u64, Image), BootError> {
     }
 }
 
+/// Whether an ELF file carries a note whose owner is `owner` (Linux's vmlinux
+/// has "Linux" notes). Reads only the program headers and note segments, each
+/// bounded, so a hostile file cannot make it read much.
+fn elf_has_note(f: &mut File, owner: &[u8]) -> std::io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    const PT_NOTE: u32 = 4;
+    const MAX_NOTES: u64 = 64 << 10;
+    let mut ehdr = [0u8; 64];
+    f.seek(SeekFrom::Start(0))?;
+    if read_up_to(f, &mut ehdr)? < 64 || ehdr[4] != 2 {
+        return Ok(false);
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let phoff = u64_at(&ehdr, 32);
+    let phentsize = u64::from(u16_at(&ehdr, 54));
+    let phnum = u64::from(u16_at(&ehdr, 56)).min(64);
+    if phentsize < 56 {
+        return Ok(false);
+    }
+    for i in 0..phnum {
+        let mut ph = [0u8; 56];
+        f.seek(SeekFrom::Start(phoff.saturating_add(i * phentsize)))?;
+        if read_up_to(f, &mut ph)? < 56 || u32_at(&ph, 0) != PT_NOTE {
+            continue;
+        }
+        let (offset, size) = (u64_at(&ph, 8), u64_at(&ph, 32).min(MAX_NOTES));
+        let mut notes = vec![0u8; size as usize];
+        f.seek(SeekFrom::Start(offset))?;
+        let n = read_up_to(f, &mut notes)?;
+        let notes = &notes[..n];
+        let mut at = 0usize;
+        while at + 12 <= notes.len() {
+            let namesz = u32_at(notes, at) as usize;
+            let descsz = u32_at(notes, at + 4) as usize;
+            let name = notes.get(at + 12..at + 12 + namesz).unwrap_or(&[]);
+            if name.strip_suffix(b"\0").unwrap_or(name) == owner {
+                return Ok(true);
+            }
+            at = at
+                .saturating_add(12)
+                .saturating_add(namesz.next_multiple_of(4))
+                .saturating_add(descsz.next_multiple_of(4));
+        }
+    }
+    Ok(false)
+}
+
 fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
@@ -411,6 +476,8 @@ mod tests {
             initrd,
             cmdline,
             rsdp: Some(0xe_0000),
+            // Not Linux kernels: nothing may be appended.
+            linux_extra: Some("noxsave"),
         }
     }
 
