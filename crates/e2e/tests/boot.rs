@@ -85,6 +85,23 @@ fn smp_four_cpus_on_a_two_core_host() {
 }
 
 #[test]
+fn topology_reaches_cpuid_apic_ids_and_madt() {
+    if !kvm_or_skip("topology_reaches_cpuid_apic_ids_and_madt") {
+        return;
+    }
+    let topo = ["--cpus", "4", "--topology", "sockets=2,cores=2,threads=1"];
+    boot("scenario=smp cpus=4 sockets=2", &topo)
+        .expect_exit(MonitorExit::Ok)
+        .expect_stdout("smp: 4 cpus online");
+    boot("scenario=acpi cpus=4", &topo)
+        .expect_exit(MonitorExit::Ok)
+        .expect_stdout("4 enabled cpus (apic ids 0 1 2 3)");
+    // Threads: APIC IDs 0,1 (socket 0 core 0), 2,3 (core 1) with one socket.
+    let smt = ["--cpus", "4", "--topology", "cores=2,threads=2"];
+    boot("scenario=smp cpus=4", &smt).expect_exit(MonitorExit::Ok);
+}
+
+#[test]
 fn reset_reboots_the_guest() {
     if !kvm_or_skip("reset_reboots_the_guest") {
         return;

@@ -8,7 +8,7 @@ scenarios! {
     ("hello", basic::hello, "prints a greeting with the vCPU count it was told (cpus=, default 1)"),
     ("mem", mem::mem, "prints the RAM size and map, checks mem=<MiB>, tests the first and last page of every RAM region"),
     ("cmdline", basic::cmdline, "prints the full command line"),
-    ("smp", smp::smp, "starts cpus=N CPUs, checks their APIC IDs and CPUID topology (leaves 1 and 0xB)"),
+    ("smp", smp::smp, "starts cpus=N CPUs, checks their APIC IDs and CPUID topology (leaves 1 and 0xB; sockets=S)"),
     ("reset", power::reset, "resets (method=i8042|cf9|triple-fault) and passes after the reboot (CMOS byte 0x5f marks it)"),
     ("powerbutton", power::powerbutton, "enables the ACPI power button event, waits for a press (timeout_ms=30000), then powers off"),
     ("poweroff", power::poweroff, "powers off through the ACPI PM1a control port 0x604; FAIL if still running after 1 s"),

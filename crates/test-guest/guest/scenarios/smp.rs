@@ -30,6 +30,13 @@ impl Seen {
 
 pub fn smp(ctx: &mut Ctx) -> Result<(), Fail> {
     let cpus = ctx.cpus()?;
+    // With sockets=S the core level of leaf 0xB counts one socket's CPUs.
+    let sockets = ctx.arg_u64("sockets", 1)? as usize;
+    ensure!(
+        sockets > 0 && cpus % sockets == 0,
+        "sockets={sockets} does not divide cpus={cpus}"
+    );
+    let per_socket = cpus / sockets;
     let max_leaf = svc::cpuid(0, 0).eax;
     ensure!(
         max_leaf >= 0xb,
@@ -74,9 +81,9 @@ pub fn smp(ctx: &mut Ctx) -> Result<(), Fail> {
             "cpu {cpu}: the local APIC ID register says {lapic_id} but CPUID says {leaf1}"
         );
         ensure!(
-            level_type == 2 && core_level as usize == cpus,
+            level_type == 2 && core_level as usize == per_socket,
             "cpu {cpu}: CPUID.(0xB,1) reports {core_level} logical processors at level type \
-             {level_type}, expected {cpus} at level type 2 (core)"
+             {level_type}, expected {per_socket} at level type 2 (core)"
         );
         ensure!(
             !ids.contains(&lapic_id),
