@@ -5,12 +5,18 @@
 //! - `cargo xtask ci`: format check, clippy, the whole test suite (exactly CI).
 //! - `cargo xtask bench boot [--runs N]`: boot time and monitor overhead,
 //!   Vireo against QEMU on the same test guest.
+//! - `cargo xtask guest-kernel` / `initramfs`: build the Linux test guest's
+//!   kernel and initramfs into a cache outside the repository.
+//! - `cargo xtask test-linux [--cpus 1,2] [--timeout SECS] [--qemu]`: the slow,
+//!   opt-in Linux boot test (never part of `ci`).
 
 use std::process::Command;
 
 use anyhow::{bail, Context};
 
 mod bench;
+mod guest_assets;
+mod linux;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,8 +24,15 @@ fn main() -> anyhow::Result<()> {
         Some("ci") => ci(),
         Some("bench") => bench::main(&args[1..]),
         Some("run") => run(&args[1..]),
+        Some("guest-kernel") => guest_assets::kernel_main(&args[1..]),
+        Some("initramfs") => guest_assets::initramfs_main(&args[1..]),
+        Some("test-linux") => linux::main(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask run [vireo run options] | ci | bench boot [--runs N]");
+            eprintln!(
+                "usage: cargo xtask run [vireo run options] | ci | bench boot [--runs N]\n\
+                 usage: cargo xtask guest-kernel [--force] | initramfs [--force]\n\
+                 usage: cargo xtask test-linux [--cpus 1,2] [--timeout SECS] [--qemu] [--quiet]"
+            );
             bail!("unknown or missing job")
         }
     }
