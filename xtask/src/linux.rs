@@ -10,7 +10,7 @@
 //! kernel also boots in QEMU (microvm, PVH) for a side-by-side boot time.
 //!
 //! On hosts whose KVM cannot run guest user space (kvm_pvm, see
-//! /work/shared/kvm-host.md) /init dies on its first system call, the kernel
+//! shared/kvm-host.md) /init dies on its first system call, the kernel
 //! panics and `panic=-1` resets the machine: the test stops at "Run /init".
 //! On hardware KVM the init's own report (`vireo-linux: ...`) is checked too.
 
