@@ -2,8 +2,9 @@
 //!
 //! Layout (x86_64):
 //! ```text
-//! 0x0000_0000 .. 0x000a_0000   RAM (boot structures live at the bottom, see `arch::layout`)
-//! 0x000a_0000 .. 0x0010_0000   RAM, reserved in the guest's memory map (legacy VGA/BIOS area)
+//! 0x0000_0000 .. 0x0009_fc00   RAM (boot structures live at the bottom, see `arch::x86_64::boot`)
+//! 0x0009_fc00 .. 0x0010_0000   RAM, reserved in the guest's memory map (EBDA, VGA, BIOS area:
+//!                              the MP table, the ACPI tables)
 //! 0x0010_0000 .. low_end       RAM, at most up to MMIO_HOLE_START (3 GiB)
 //! 0xc000_0000 .. 0x1_0000_0000 32-bit MMIO hole: PCI, IOAPIC, LAPIC, ...
 //! 0x1_0000_0000 .. high_end    the rest of RAM for guests larger than 3 GiB
@@ -23,8 +24,9 @@ pub const GIB: u64 = 1 << 30;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// End of the 32-bit MMIO hole (4 GiB): RAM above the hole starts here.
 pub const MMIO_HOLE_END: u64 = 0x1_0000_0000;
-/// The legacy VGA/BIOS window, reserved in the guest's memory map.
-pub const LEGACY_HOLE_START: u64 = 0xa_0000;
+/// The legacy window (the last KiB of base memory, where an EBDA would be,
+/// then VGA and BIOS), reserved in the guest's memory map.
+pub const LEGACY_HOLE_START: u64 = 0x9_fc00;
 /// End of the legacy window: where high memory (and the kernel) starts.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 

@@ -16,7 +16,7 @@ use vireo_devices::VmRequest;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use crate::arch::x86_64::{acpi, boot, cpuid, linux, regs};
+use crate::arch::x86_64::{acpi, boot, cpuid, linux, mptable, regs};
 use crate::config::{ConfigError, VmConfig};
 use crate::console::{Console, ConsoleError, Input};
 use crate::device_manager::DeviceManager;
@@ -56,6 +56,8 @@ pub enum VmError {
     Boot(#[from] boot::BootError),
     #[error("building the ACPI tables")]
     Acpi(#[from] acpi::AcpiError),
+    #[error("building the MP table")]
+    MpTable(#[from] mptable::MpTableError),
     #[error(transparent)]
     Console(#[from] ConsoleError),
     #[error("{what}")]
@@ -271,6 +273,13 @@ impl Machine {
                     pci: None,
                 };
                 let tables = acpi::create_acpi_tables(&mem, &acpi)?;
+                let leaf1 = self.supported.iter().find(|e| e.function == 1);
+                mptable::write(
+                    &mem,
+                    &acpi.apic_ids,
+                    leaf1.map_or(0, |e| e.eax),
+                    leaf1.map_or(0, |e| e.edx),
+                )?;
                 let source = boot::BootSource {
                     kernel: &self.config.kernel,
                     initrd: self.config.initrd.as_deref(),

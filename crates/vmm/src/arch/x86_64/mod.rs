@@ -5,4 +5,5 @@ pub mod boot;
 pub mod cpu_model;
 pub mod cpuid;
 pub mod linux;
+pub mod mptable;
 pub mod regs;
