@@ -1,0 +1,1 @@
+//! Disk images and block I/O for Vireo's virtio-blk.
