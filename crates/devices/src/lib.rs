@@ -9,10 +9,12 @@
 pub mod bus;
 pub mod debug_exit;
 pub mod i8042;
+pub mod pci;
 pub mod pm;
 pub mod ratelimit;
 pub mod rtc;
 pub mod serial;
+pub mod virtio;
 
 #[cfg(test)]
 mod testutil;
