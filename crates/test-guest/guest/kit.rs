@@ -8,6 +8,8 @@
 //!   `console::{read_byte, read_line}` for input;
 //! - `io::{inb, outb, ..., mmio_read32, ...}`, `svc::{cpuid, rdmsr, ...}` (CPL0 services);
 //! - `time::{sleep_ms, Deadline, Instant}`;
+//! - `pci` (enumeration, BARs, capabilities, MSI-X), `virtio` (modern virtio-pci and the
+//!   blk, net, rng and console drivers), `irq` (vectors, waiting for interrupts);
 //! - `fail!`/`ensure!` to return a formatted [`Fail`].
 
 use alloc::string::String;
@@ -22,10 +24,11 @@ pub mod prelude {
     #[allow(unused_imports)] // the prelude offers more than any one scenario needs
     pub(crate) use crate::{
         bootinfo::MemRegion,
-        console, ensure, fail, io,
+        console, ensure, fail, io, irq,
         kit::{Ctx, Fail},
-        protocol, rt, smp, svc,
+        pci, protocol, rt, smp, svc,
         time::{self, Deadline, Instant},
+        virtio,
     };
     #[allow(unused_imports)] // as above
     pub(crate) use alloc::{format, string::String, vec, vec::Vec};
@@ -170,7 +173,9 @@ impl Ctx {
     }
 
     /// Identity-maps `[start, start + len)` (2 MiB granularity) if beyond the static 0-4 GiB
-    /// map, e.g. a 64-bit PCI BAR. RAM is mapped at boot.
+    /// map, e.g. a 64-bit PCI BAR. RAM is mapped at boot. From 128 TiB to 256 TiB (within
+    /// the CPU's physical address width) the range is mapped at its sign-extended
+    /// upper-half address instead: `paging::virt(start)`.
     pub fn map_identity(&self, start: u64, len: u64) -> Result<(), Fail> {
         paging::map_identity(start, len)
     }

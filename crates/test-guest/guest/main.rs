@@ -13,12 +13,16 @@ extern crate alloc;
 
 #[macro_use]
 mod console;
+mod acpi;
+mod aml;
 mod boot;
 mod bootinfo;
 mod heap;
 mod io;
+mod irq;
 mod kit;
 mod paging;
+mod pci;
 // Shared with the host crate, which uses every constant; the guest needs only some.
 #[allow(dead_code)]
 mod protocol;
@@ -28,6 +32,7 @@ mod smp;
 mod svc;
 mod sync;
 mod time;
+mod virtio;
 
 use kit::{Ctx, Fail};
 use protocol::{DEFAULT_SCENARIO, FAIL_PREFIX, PASS_PREFIX, READY_LINE};

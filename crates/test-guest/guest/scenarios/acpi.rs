@@ -6,20 +6,12 @@
 //! corrupt table can only make the check fail, never fault. A field beyond a table's length
 //! reads as zero, as ACPICA treats a short FADT.
 
+use crate::acpi::{
+    bytes_n, field, load_table as load_table_quiet, read_phys, root_table, scan_for_rsdp, Gas,
+    Rsdp, Sig, Table, HEADER_LEN, MAX_TABLE_LEN, SCAN_END, SCAN_START, SPACE_IO,
+};
 use crate::kit::prelude::*;
 
-/// Where an OS without a boot protocol pointer scans for the RSDP (16-byte steps).
-const SCAN_START: u64 = 0xe_0000;
-const SCAN_END: u64 = 0x10_0000;
-const RSDP_SIGNATURE: &[u8; 8] = b"RSD PTR ";
-/// ACPI 1.0 RSDP (what the first checksum covers), and the ACPI 2.0+ one.
-const RSDP_V1_LEN: usize = 20;
-const RSDP_V2_LEN: usize = 36;
-/// The common header of every table except FACS.
-const HEADER_LEN: usize = 36;
-/// No sane table is longer; a corrupt length would otherwise have the guest crawl through
-/// unbacked memory one MMIO exit at a time.
-const MAX_TABLE_LEN: u64 = 1 << 20;
 /// Below this the guest's static page tables map everything.
 const FOUR_GIB: u64 = 1 << 32;
 /// Where the CPU says its local APIC is: IA32_APIC_BASE.
@@ -28,9 +20,6 @@ const MSR_APIC_BASE: u32 = 0x1b;
 /// FADT.Flags bits.
 const FADT_RESET_REG_SUP: u64 = 1 << 10;
 const FADT_HW_REDUCED_ACPI: u64 = 1 << 20;
-/// Generic Address Structure address spaces.
-const SPACE_MEMORY: u8 = 0;
-const SPACE_IO: u8 = 1;
 
 pub fn acpi(ctx: &mut Ctx) -> Result<(), Fail> {
     let cpus = ctx.cpus()?;
@@ -41,19 +30,9 @@ pub fn acpi(ctx: &mut Ctx) -> Result<(), Fail> {
     seen.add(ctx, "RSDP", rsdp.addr, rsdp.len)?;
 
     // The root table, and the tables it lists.
-    let root = load_table(ctx, rsdp.root, Some(rsdp.root_signature()))?;
+    let (root, pointers) = root_table(ctx, &rsdp)?;
+    print_table(&root);
     seen.add(ctx, rsdp.root_name(), root.addr, root.len())?;
-    let entry_size = if rsdp.xsdt { 8 } else { 4 };
-    let entries = &root.bytes[HEADER_LEN..];
-    ensure!(
-        entries.len().is_multiple_of(entry_size),
-        "{}: length {} leaves a partial {entry_size}-byte entry",
-        rsdp.root_name(),
-        root.len()
-    );
-    let pointers: Vec<u64> = (0..entries.len() / entry_size)
-        .map(|i| root.get(HEADER_LEN + i * entry_size, entry_size))
-        .collect();
     if rsdp.xsdt && rsdp.rsdt != 0 {
         check_rsdt_matches(ctx, &rsdp, &pointers, &mut seen)?;
     }
@@ -135,149 +114,15 @@ impl Expect {
     }
 }
 
-/// Copies `len` bytes of physical memory at `addr` (mapping it first if above 4 GiB).
-fn read_phys(ctx: &Ctx, addr: u64, len: u64) -> Result<Vec<u8>, Fail> {
-    ensure!(addr != 0, "null table pointer");
-    let end = addr
-        .checked_add(len)
-        .ok_or_else(|| Fail::new(format!("{addr:#x} + {len:#x} overflows")))?;
-    if end > FOUR_GIB {
-        ctx.map_identity(addr, len)?;
-    }
-    let mut bytes = vec![0u8; len as usize];
-    for (i, byte) in bytes.iter_mut().enumerate() {
-        // SAFETY: [addr, end) is non-null and mapped (0-4 GiB statically, higher addresses
-        // just above); bytes are only read, and volatile reads of firmware-owned memory
-        // (or of nothing: unbacked addresses read as the VMM decides) assume nothing.
-        *byte = unsafe { core::ptr::read_volatile((addr + i as u64) as *const u8) };
-    }
-    Ok(bytes)
-}
-
-/// Sum of all bytes, modulo 256: zero for a table with a correct checksum.
-fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |sum, &b| sum.wrapping_add(b))
-}
-
-/// Little-endian unsigned field of `n` bytes (n <= 8) at `offset`; zero beyond the end.
-fn field(bytes: &[u8], offset: usize, n: usize) -> u64 {
-    (0..n).rev().fold(0, |value, i| {
-        (value << 8) | u64::from(bytes.get(offset + i).copied().unwrap_or(0))
-    })
-}
-
-/// Formats a signature or OEM ID: printable ASCII as is, anything else as `?`.
-struct Sig<const N: usize>([u8; N]);
-
-impl<const N: usize> core::fmt::Display for Sig<N> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        for &b in &self.0 {
-            let c = if b.is_ascii_graphic() || b == b' ' {
-                char::from(b)
-            } else {
-                '?'
-            };
-            write!(f, "{c}")?;
-        }
-        Ok(())
-    }
-}
-
-fn bytes_n<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = bytes.get(offset + i).copied().unwrap_or(0);
-    }
-    out
-}
-
-/// The RSDP, checked.
-struct Rsdp {
-    addr: u64,
-    len: u64,
-    /// Whether the root table is the XSDT (revision 2 and later), else the RSDT.
-    xsdt: bool,
-    root: u64,
-    rsdt: u64,
-}
-
-impl Rsdp {
-    fn root_name(&self) -> &'static str {
-        if self.xsdt {
-            "XSDT"
-        } else {
-            "RSDT"
-        }
-    }
-
-    fn root_signature(&self) -> &'static [u8; 4] {
-        if self.xsdt {
-            b"XSDT"
-        } else {
-            b"RSDT"
-        }
-    }
-}
-
-/// The first 16-byte aligned "RSD PTR " in [SCAN_START, SCAN_END).
-fn scan_for_rsdp() -> Option<u64> {
-    let signature = u64::from_le_bytes(*RSDP_SIGNATURE);
-    (SCAN_START..SCAN_END).step_by(16).find(|&addr| {
-        // SAFETY: the BIOS area below 1 MiB is mapped (static 0-4 GiB map); an aligned
-        // 8-byte volatile read (one exit per candidate if nothing backs it).
-        unsafe { core::ptr::read_volatile(addr as *const u64) == signature }
-    })
-}
-
 fn find_rsdp(ctx: &Ctx) -> Result<Rsdp, Fail> {
-    let scanned = scan_for_rsdp();
-    let (addr, how) = match (ctx.rsdp(), scanned) {
-        (0, Some(addr)) => (addr, "found by scanning 0xe0000-0xfffff"),
-        (0, None) => fail!(
-            "no RSDP found: start_info.rsdp_paddr is 0 and there is no \"RSD PTR \" at a \
-             16-byte boundary in {SCAN_START:#x}-{:#x}",
-            SCAN_END - 1
-        ),
-        (given, _) => (given, "from start_info.rsdp_paddr"),
-    };
-    let bytes = read_phys(ctx, addr, RSDP_V2_LEN as u64)?;
-    ensure!(
-        bytes[..8] == RSDP_SIGNATURE[..],
-        "no \"RSD PTR \" signature at {addr:#x} ({how}): found {}",
-        Sig(bytes_n::<8>(&bytes, 0))
-    );
-    let sum = checksum(&bytes[..RSDP_V1_LEN]);
-    ensure!(
-        sum == 0,
-        "RSDP at {addr:#x}: the checksum of its first 20 bytes is {sum:#04x}, not 0"
-    );
-    let revision = bytes[15];
-    let rsdt = field(&bytes, 16, 4);
-    let mut len = RSDP_V1_LEN as u64;
-    let mut xsdt = 0;
-    if revision >= 2 {
-        len = field(&bytes, 20, 4);
-        ensure!(
-            (RSDP_V2_LEN as u64..=4096).contains(&len),
-            "RSDP at {addr:#x} (revision {revision}): length {len} (expected at least 36)"
-        );
-        let whole = read_phys(ctx, addr, len)?;
-        let sum = checksum(&whole);
-        ensure!(
-            sum == 0,
-            "RSDP at {addr:#x}: the extended checksum over {len} bytes is {sum:#04x}, not 0"
-        );
-        xsdt = field(&bytes, 24, 8);
-        ensure!(
-            xsdt != 0,
-            "RSDP at {addr:#x} is revision {revision} but has no XSDT address"
-        );
-    } else {
-        ensure!(rsdt != 0, "RSDP at {addr:#x} has no RSDT address");
-    }
+    let rsdp = crate::acpi::find_rsdp(ctx)?;
+    let (addr, scanned) = (rsdp.addr, scan_for_rsdp());
     println!(
-        "acpi: RSDP at {addr:#x} len {len} rev {revision} oem {} ({how})",
-        Sig(bytes_n::<6>(&bytes, 9))
+        "acpi: RSDP at {addr:#x} len {} rev {} oem {} ({})",
+        rsdp.len,
+        rsdp.revision,
+        Sig(rsdp.oem),
+        rsdp.how
     );
     if ctx.arg_u64("scan", 0)? != 0 {
         ensure!(
@@ -302,82 +147,25 @@ fn find_rsdp(ctx: &Ctx) -> Result<Rsdp, Fail> {
         ),
         Some(_) => {}
     }
-    Ok(Rsdp {
-        addr,
-        len,
-        xsdt: revision >= 2,
-        root: if revision >= 2 { xsdt } else { rsdt },
-        rsdt,
-    })
+    Ok(rsdp)
 }
 
-/// A table copied out of guest memory, its header, bounds and checksum checked.
-struct Table {
-    addr: u64,
-    bytes: Vec<u8>,
-}
-
-impl Table {
-    fn signature(&self) -> [u8; 4] {
-        bytes_n(&self.bytes, 0)
-    }
-
-    fn len(&self) -> u64 {
-        self.bytes.len() as u64
-    }
-
-    /// Little-endian field (n <= 8 bytes) at `offset`; zero beyond the table's end.
-    fn get(&self, offset: usize, n: usize) -> u64 {
-        field(&self.bytes, offset, n)
-    }
-
-    fn revision(&self) -> u8 {
-        self.bytes[8]
-    }
-
-    /// A Generic Address Structure at `offset`.
-    fn gas(&self, offset: usize) -> Gas {
-        Gas {
-            space: self.get(offset, 1) as u8,
-            width: self.get(offset + 1, 1) as u8,
-            addr: self.get(offset + 4, 8),
-        }
-    }
+fn print_table(table: &Table) {
+    println!(
+        "acpi: {} at {:#x} len {} rev {} oem {} {}",
+        Sig(table.signature()),
+        table.addr,
+        table.len(),
+        table.revision(),
+        Sig(table.oem_id()),
+        Sig(table.oem_table_id())
+    );
 }
 
 /// Reads, checks and prints the table at `addr` (signature `expected`, if given).
 fn load_table(ctx: &Ctx, addr: u64, expected: Option<&[u8; 4]>) -> Result<Table, Fail> {
-    let header = read_phys(ctx, addr, HEADER_LEN as u64)?;
-    let sig = bytes_n::<4>(&header, 0);
-    if let Some(want) = expected {
-        ensure!(
-            &sig == want,
-            "the table at {addr:#x} should be the {} but its signature is {}",
-            Sig(*want),
-            Sig(sig)
-        );
-    }
-    let len = field(&header, 4, 4);
-    ensure!(
-        (HEADER_LEN as u64..=MAX_TABLE_LEN).contains(&len),
-        "{} at {addr:#x}: length {len} is out of bounds (36 to {MAX_TABLE_LEN})",
-        Sig(sig)
-    );
-    let bytes = read_phys(ctx, addr, len)?;
-    let sum = checksum(&bytes);
-    ensure!(
-        sum == 0,
-        "{} at {addr:#x} len {len}: bad checksum (bytes sum to {sum:#04x}, not 0)",
-        Sig(sig)
-    );
-    let table = Table { addr, bytes };
-    println!(
-        "acpi: {} at {addr:#x} len {len} rev {} oem {} {}",
-        Sig(sig),
-        table.revision(),
-        Sig(bytes_n::<6>(&table.bytes, 10)),
-        Sig(bytes_n::<8>(&table.bytes, 16))
-    );
+    let table = load_table_quiet(ctx, addr, expected)?;
+    print_table(&table);
     Ok(table)
 }
 
@@ -435,25 +223,6 @@ impl Ranges {
         }
         self.ranges.push((addr, end));
         Ok(())
-    }
-}
-
-/// A Generic Address Structure (the fields used here).
-#[derive(Clone, Copy)]
-struct Gas {
-    space: u8,
-    width: u8,
-    addr: u64,
-}
-
-impl core::fmt::Display for Gas {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self.space {
-            SPACE_IO => write!(f, "io {:#x}", self.addr)?,
-            SPACE_MEMORY => write!(f, "mmio {:#x}", self.addr)?,
-            space => write!(f, "space {space} {:#x}", self.addr)?,
-        }
-        write!(f, " ({} bits)", self.width)
     }
 }
 
@@ -895,11 +664,9 @@ fn check_mcfg(ctx: &Ctx, t: &Table) -> Result<(), Fail> {
         "MCFG length {} is not 44 plus whole 16-byte allocations",
         t.len()
     );
-    for i in 0..body / 16 {
-        let o = 44 + 16 * i;
-        let base = t.get(o, 8);
-        let segment = t.get(o + 8, 2);
-        let (first, last) = (t.get(o + 10, 1), t.get(o + 11, 1));
+    for (i, area) in crate::acpi::mcfg_areas(t).iter().enumerate() {
+        let (base, segment) = (area.base, area.segment);
+        let (first, last) = (u64::from(area.bus_start), u64::from(area.bus_end));
         ensure!(
             base != 0 && base.is_multiple_of(1 << 20) && base < 1 << 52 && first <= last,
             "MCFG allocation {i}: base {base:#x}, buses {first}-{last}"

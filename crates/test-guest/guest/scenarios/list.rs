@@ -20,5 +20,11 @@ scenarios! {
     ("boottime", basic::boottime, "prints the guest's own start-up time: PVH entry to Rust, and to the ready line"),
     ("cpuid", basic::cpuid, "prints CPUID leaves (leaves=0,1,7,...) as executed at CPL0 (the VMM's table) and at CPL3"),
     ("ticks", basic::ticks, "prints 'tick <i>' every interval_ms=100 ms, count=10 times"),
+    ("pci", pci_enum::pci, "enumerates PCI (ECAM from MCFG or _CBA, else ports 0xcf8), sizes and assigns BARs (windows from _CRS or mmio32=/mmio64=), prints every function; expect=vvvv:dddd,... must be present"),
+    ("virtio-blk", virtio_blk::virtio_blk, "writes pattern= to sectors= sectors at start=, flushes, reads back and compares; prints config and ID; readonly=1: writes must fail; discard=1: DISCARD/WRITE_ZEROES; mode=poll|msix"),
+    ("virtio-rng", virtio_misc::rng, "reads bytes= (64) bytes from virtio-rng; they must not all be equal; mode=poll|msix"),
+    ("virtio-console", virtio_misc::console, "prints 'virtio-console: hello' on port 0 (hvc0); echo=1: reads a line there and echoes it"),
+    ("virtio-net", virtio_misc::net, "prints MAC and link, sends an ARP request for peer= (10.0.2.2) from ip= (10.0.2.15) and, with ping=1 (default), an ICMP echo; waits for the replies"),
+    ("virtio-hostile", virtio_hostile::hostile, "posts malformed chains to virtio-blk (loops, bad indexes and addresses, wrong directions, zero/oversized buffers, bad indirect tables), reports what the device did per case, checks it recovers after a reset and virtio-rng still works; strict=1 fails on unexpected outcomes"),
     ("acpi", acpi::acpi, "finds the RSDP, checks every ACPI table's bounds, checksum and place in the memory map, the MADT against cpus=N and the FADT (sci=, pm1a_evt=, pm1a_cnt=, reset=, reset_value=) and DSDT; scan=1: the RSDP must also be in 0xe0000-0xfffff"),
 }

@@ -3,9 +3,13 @@
 mod acpi;
 mod basic;
 mod mem;
+mod pci_enum;
 mod power;
 mod serial;
 mod smp;
+mod virtio_blk;
+mod virtio_hostile;
+mod virtio_misc;
 
 use crate::kit::Scenario;
 
