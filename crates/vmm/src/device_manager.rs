@@ -10,13 +10,19 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::VmFd;
 use vireo_devices::debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use vireo_devices::i8042::{I8042, I8042_BASE, I8042_LEN};
-use vireo_devices::pm::{Pm1, ResetControl, PM1_BASE, PM1_LEN, RESET_LEN, RESET_PORT};
+use vireo_devices::pci::{HostBridge, PciAddress, PciConfigIo, PciEcam, PciRegistry};
+use vireo_devices::pm::{Pm1, ResetControl, PM1_BASE, PM1_LEN, RESET_PORT};
 use vireo_devices::rtc::{RamSize, Rtc, SystemClock, RTC_BASE, RTC_LEN};
 use vireo_devices::serial::{Serial, COM1_BASE, SERIAL_LEN};
 use vireo_devices::{Bus, Interrupt, VmControl};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::memory::MemoryLayout;
+use crate::memory::{MemoryLayout, PCI_ECAM_START, PCI_LAST_BUS};
+
+/// The legacy PCI configuration ports (address at 0xcf8, data at 0xcfc); the
+/// reset control register 0xcf9 sits inside and is passed through.
+const PCI_CONFIG_IO: u64 = 0xcf8;
+const PCI_CONFIG_IO_LEN: u64 = 8;
 
 /// ISA IRQ of COM1.
 pub const COM1_IRQ: u32 = 4;
@@ -54,6 +60,8 @@ pub struct DeviceManager {
     serial: Arc<Mutex<Serial>>,
     i8042: Arc<Mutex<I8042>>,
     pm: Arc<Mutex<Pm1>>,
+    /// PCI functions by bus/device/function (the host bridge for now).
+    pub pci: Arc<PciRegistry>,
     irqs: Vec<Arc<IrqLine>>,
 }
 
@@ -77,6 +85,16 @@ impl DeviceManager {
         let reset = Arc::new(Mutex::new(ResetControl::new(control.clone())));
         let exit = Arc::new(Mutex::new(DebugExit::new(control)));
 
+        let pci = Arc::new(PciRegistry::new());
+        let host_bridge =
+            PciAddress::new(0, 0, 0).ok_or_else(|| std::io::Error::other("PCI address 00:00.0"))?;
+        pci.add(host_bridge, Arc::new(Mutex::new(HostBridge::new())))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let config_io =
+            PciConfigIo::new(pci.clone()).with_passthrough(RESET_PORT - PCI_CONFIG_IO, 1, reset);
+        let ecam = PciEcam::new(pci.clone(), 0, PCI_LAST_BUS);
+        let mut mmio = Bus::new();
+
         let mut pio = Bus::new();
         let place = |bus: &mut Bus, dev, base, len| {
             bus.insert(dev, base, len)
@@ -86,14 +104,27 @@ impl DeviceManager {
         place(&mut pio, i8042.clone(), I8042_BASE, I8042_LEN)?;
         place(&mut pio, rtc, RTC_BASE, RTC_LEN)?;
         place(&mut pio, pm.clone(), PM1_BASE, PM1_LEN)?;
-        place(&mut pio, reset, RESET_PORT, RESET_LEN)?;
+        place(
+            &mut pio,
+            Arc::new(Mutex::new(config_io)),
+            PCI_CONFIG_IO,
+            PCI_CONFIG_IO_LEN,
+        )?;
+        let ecam_len = (u64::from(PCI_LAST_BUS) + 1) << 20;
+        place(
+            &mut mmio,
+            Arc::new(Mutex::new(ecam)),
+            PCI_ECAM_START,
+            ecam_len,
+        )?;
         place(&mut pio, exit, DEBUG_EXIT_PORT, DEBUG_EXIT_LEN)?;
         Ok(DeviceManager {
             pio: Arc::new(pio),
-            mmio: Arc::new(Bus::new()),
+            mmio: Arc::new(mmio),
             serial,
             i8042,
             pm,
+            pci,
             irqs: vec![com1_irq, sci],
         })
     }
@@ -114,6 +145,7 @@ impl DeviceManager {
             .reset();
         self.i8042.lock().unwrap_or_else(|p| p.into_inner()).reset();
         self.pm.lock().unwrap_or_else(|p| p.into_inner()).reset();
+        self.pci.reset();
     }
 
     /// Offers console input to COM1; returns how many bytes it took.

@@ -30,6 +30,19 @@ pub const LEGACY_HOLE_START: u64 = 0x9_fc00;
 /// End of the legacy window: where high memory (and the kernel) starts.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 
+/// The PCI host bridge's 32-bit MMIO window (BARs), at the bottom of the hole.
+pub const PCI_MMIO32_START: u64 = MMIO_HOLE_START;
+/// Size of the 32-bit MMIO window.
+pub const PCI_MMIO32_SIZE: u64 = 512 * MIB;
+/// ECAM (PCI Express enhanced configuration access), right after the window.
+pub const PCI_ECAM_START: u64 = PCI_MMIO32_START + PCI_MMIO32_SIZE;
+/// Last PCI bus number decoded (64 buses: 64 MiB of ECAM).
+pub const PCI_LAST_BUS: u8 = 0x3f;
+/// The I/O port window forwarded to PCI.
+pub const PCI_IO_START: u64 = 0x1000;
+/// Size of the I/O port window.
+pub const PCI_IO_SIZE: u64 = 0xf000;
+
 /// The smallest guest accepted.
 pub const MIN_MEMORY: u64 = 8 * MIB;
 
@@ -137,6 +150,12 @@ impl MemoryLayout {
                 len: self.low_end() - HIGH_MEMORY_START,
                 kind: RegionKind::Ram,
             },
+            // ECAM, so that the guest may use it as soon as it reads the map.
+            MapEntry {
+                start: PCI_ECAM_START,
+                len: (u64::from(PCI_LAST_BUS) + 1) << 20,
+                kind: RegionKind::Reserved,
+            },
         ];
         if self.size > MMIO_HOLE_START {
             v.push(MapEntry {
@@ -181,7 +200,11 @@ mod tests {
         let l = MemoryLayout::new(128 * MIB, 40).expect("valid");
         assert_eq!(l.ram_ranges(), vec![(0, 128 * MIB)]);
         let map = l.memory_map();
-        assert_eq!(map.len(), 3);
+        assert_eq!(map.len(), 4);
+        assert_eq!(
+            (map[3].start, map[3].kind),
+            (PCI_ECAM_START, RegionKind::Reserved)
+        );
         assert_eq!(map[1].kind, RegionKind::Reserved);
         let ram: u64 = map
             .iter()
@@ -203,6 +226,7 @@ mod tests {
         }
         assert!(map
             .iter()
+            .filter(|e| e.kind == RegionKind::Ram)
             .all(|e| e.start >= MMIO_HOLE_END || e.start + e.len <= MMIO_HOLE_START));
     }
 

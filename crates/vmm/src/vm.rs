@@ -270,7 +270,7 @@ impl Machine {
                 let topo = self.config.topology();
                 let acpi = acpi::AcpiConfig {
                     apic_ids: (0..self.config.cpus).map(|i| topo.apic_id(i)).collect(),
-                    pci: None,
+                    pci: Some(pci_host_bridge()),
                 };
                 let tables = acpi::create_acpi_tables(&mem, &acpi)?;
                 let leaf1 = self.supported.iter().find(|e| e.function == 1);
@@ -658,6 +658,28 @@ impl Machine {
         self.devices.reset();
         self.boot()?;
         Ok(None)
+    }
+}
+
+/// How the PCI host bridge is described to the guest (ACPI PCI0 and MCFG);
+/// matches what the device manager decodes.
+fn pci_host_bridge() -> acpi::PciHostBridge {
+    use crate::memory::{
+        PCI_ECAM_START, PCI_IO_SIZE, PCI_IO_START, PCI_LAST_BUS, PCI_MMIO32_SIZE, PCI_MMIO32_START,
+    };
+    acpi::PciHostBridge {
+        ecam_base: PCI_ECAM_START,
+        bus_start: 0,
+        bus_end: PCI_LAST_BUS,
+        io: Some(acpi::Window {
+            base: PCI_IO_START,
+            size: PCI_IO_SIZE,
+        }),
+        mmio32: acpi::Window {
+            base: PCI_MMIO32_START,
+            size: PCI_MMIO32_SIZE,
+        },
+        mmio64: None,
     }
 }
 

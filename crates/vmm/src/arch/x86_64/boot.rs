@@ -500,7 +500,7 @@ mod tests {
         assert!((HIGH_MEMORY_START..4 * MIB).contains(&entry), "{entry:#x}");
         let si: hvm_start_info = m.read_obj(GuestAddress(START_INFO_ADDR)).expect("read");
         assert_eq!(si.magic, XEN_HVM_START_MAGIC_VALUE);
-        assert_eq!(si.memmap_entries, 3);
+        assert_eq!(si.memmap_entries, 4, "RAM, legacy window, RAM, ECAM");
         assert_eq!(si.nr_modules, 1);
         assert_eq!(si.rsdp_paddr, 0xe_0000);
         let module: hvm_modlist_entry = m.read_obj(GuestAddress(si.modlist_paddr)).expect("read");

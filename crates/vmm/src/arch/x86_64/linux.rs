@@ -312,8 +312,8 @@ mod tests {
             (0x300_0000, 0x1234)
         );
         assert_eq!({ p.acpi_rsdp_addr }, 0xe_0000);
-        assert_eq!(p.e820_entries, 4);
-        let last = p.e820_table[3];
+        assert_eq!(p.e820_entries, 5);
+        let last = p.e820_table[4];
         assert_eq!(
             ({ last.addr }, { last.size }, { last.r#type }),
             (4 << 30, 2 << 30, E820_RAM)
