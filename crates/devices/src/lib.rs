@@ -8,6 +8,7 @@
 
 pub mod bus;
 pub mod debug_exit;
+pub mod guest_output;
 pub mod i8042;
 pub mod pci;
 pub mod pm;

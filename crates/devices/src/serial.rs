@@ -10,14 +10,13 @@
 //! - Interrupt: pass the COM1 line as an [`Interrupt`] (in the monitor, an
 //!   eventfd registered as a KVM irqfd for GSI 4). The UART raises it as an
 //!   edge per event, which is what Linux's 8250 driver expects of it.
-//! - Output: any `Box<dyn Write + Send>`; [`SerialSink`] builds the common
-//!   ones. Output never stalls or crashes the guest: a sink that would block
-//!   (a non-blocking socket whose peer is slow) loses the byte; a sink that
-//!   fails (a closed socket, a full disk) is abandoned after one log line, and
-//!   all later output is dropped until [`Serial::set_output`] installs a new
-//!   sink. Dropped bytes are counted ([`Serial::dropped_output_bytes`]). A
-//!   *blocking* sink can still block the vCPU: give sockets and pipes
-//!   non-blocking mode ([`SerialSink::into_writer`] does it for sockets).
+//! - Output: any `Box<dyn Write + Send>` (the monitor opens stdout, files and
+//!   console sockets, see vireo-vmm's `console` module), wrapped in a
+//!   [`GuestOutput`] so it never stalls or crashes the guest: a sink that would
+//!   block loses the byte; a failing one is abandoned until
+//!   [`Serial::set_output`] installs a new sink. Dropped bytes are counted
+//!   ([`Serial::dropped_output_bytes`]). A *blocking* sink can still block the
+//!   vCPU: give sockets and pipes non-blocking mode.
 //! - Input: call [`Serial::enqueue_input`] with bytes from the host. It takes
 //!   at most the free FIFO space ([`Serial::input_room`], 64 bytes when
 //!   empty) and returns how many bytes it took; keep the rest. When it took
@@ -25,14 +24,13 @@
 //!   [`Serial::set_input_ready_notifier`] is triggered once the guest has
 //!   drained the FIFO: stop polling the host input until then.
 
-use std::fs::File;
 use std::io::{self, Write};
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use vm_superio::serial::{Error as UartError, NoEvents};
 use vm_superio::Trigger;
 
+use crate::guest_output::GuestOutput;
 use crate::ratelimit::RateLimitedLog;
 use crate::{guest_debug, guest_warn, BusDevice, Interrupt};
 
@@ -58,101 +56,9 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// The UART's writer: never fails and never retries a failing sink, so the
-/// guest's transmit path cannot error or stall on it.
-struct Output {
-    sink: Box<dyn Write + Send>,
-    failed: bool,
-    dropped: u64,
-    log: RateLimitedLog,
-}
-
-impl Output {
-    fn new(sink: Box<dyn Write + Send>) -> Output {
-        Output {
-            sink,
-            failed: false,
-            dropped: 0,
-            log: RateLimitedLog::default(),
-        }
-    }
-
-    fn drop_bytes(&mut self, n: usize, err: &io::Error) {
-        self.dropped = self.dropped.saturating_add(n as u64);
-        if err.kind() == io::ErrorKind::WouldBlock {
-            guest_debug!(
-                self.log,
-                "serial: output sink is not keeping up; {} bytes dropped so far",
-                self.dropped
-            );
-        } else {
-            // Logged once per sink: nothing is written to it again.
-            self.failed = true;
-            guest_warn!(
-                self.log,
-                "serial: output failed, dropping all further output: {err}"
-            );
-        }
-    }
-}
-
-impl Write for Output {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.failed {
-            self.dropped = self.dropped.saturating_add(buf.len() as u64);
-        } else if let Err(e) = self.sink.write_all(buf) {
-            // A partial write of a multi-byte buffer loses its tail; the
-            // UART writes one byte at a time, so this is one byte.
-            self.drop_bytes(buf.len(), &e);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.failed {
-            if let Err(e) = self.sink.flush() {
-                self.drop_bytes(0, &e);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Common output sinks for the UART.
-pub enum SerialSink {
-    /// Discard the output.
-    Discard,
-    /// The monitor's standard output.
-    Stdout,
-    /// The monitor's standard error.
-    Stderr,
-    /// A file the caller opened (for writing or appending).
-    File(File),
-    /// A connected Unix stream socket (a console client). Made non-blocking
-    /// by [`SerialSink::into_writer`]; note that this also affects clones of
-    /// the socket used for input, which suits an epoll loop.
-    UnixStream(UnixStream),
-}
-
-impl SerialSink {
-    /// The writer to hand to [`Serial::new`] or [`Serial::set_output`].
-    pub fn into_writer(self) -> io::Result<Box<dyn Write + Send>> {
-        Ok(match self {
-            SerialSink::Discard => Box::new(io::sink()),
-            SerialSink::Stdout => Box::new(io::stdout()),
-            SerialSink::Stderr => Box::new(io::stderr()),
-            SerialSink::File(f) => Box::new(f),
-            SerialSink::UnixStream(s) => {
-                s.set_nonblocking(true)?;
-                Box::new(s)
-            }
-        })
-    }
-}
-
 /// A 16550A UART.
 pub struct Serial {
-    uart: vm_superio::Serial<IrqTrigger, NoEvents, Output>,
+    uart: vm_superio::Serial<IrqTrigger, NoEvents, GuestOutput>,
     irq: Arc<dyn Interrupt>,
     /// FIFO size, measured when empty.
     fifo_size: usize,
@@ -165,7 +71,8 @@ pub struct Serial {
 impl Serial {
     /// A UART raising `irq` and writing the guest's output to `out`.
     pub fn new(irq: Arc<dyn Interrupt>, out: Box<dyn Write + Send>) -> Serial {
-        let uart = vm_superio::Serial::new(IrqTrigger(irq.clone()), Output::new(out));
+        let uart =
+            vm_superio::Serial::new(IrqTrigger(irq.clone()), GuestOutput::new("serial", out));
         let fifo_size = uart.fifo_capacity();
         Serial {
             uart,
@@ -187,14 +94,12 @@ impl Serial {
     /// Replaces the output sink (for instance when a new console client
     /// connects) and forgets an earlier sink failure.
     pub fn set_output(&mut self, out: Box<dyn Write + Send>) {
-        let o = self.uart.writer_mut();
-        o.sink = out;
-        o.failed = false;
+        self.uart.writer_mut().set_sink(out);
     }
 
     /// Bytes of guest output lost to a slow or failed sink.
     pub fn dropped_output_bytes(&self) -> u64 {
-        self.uart.writer().dropped
+        self.uart.writer().dropped()
     }
 
     /// Free space in the receive FIFO.
@@ -241,7 +146,10 @@ impl Serial {
     /// Returns the UART registers to their power-on values (for a machine
     /// reset), discarding pending input. The sink and the wiring are kept.
     pub fn reset(&mut self) {
-        let out = std::mem::replace(self.uart.writer_mut(), Output::new(Box::new(io::sink())));
+        let out = std::mem::replace(
+            self.uart.writer_mut(),
+            GuestOutput::new("serial", Box::new(io::sink())),
+        );
         self.uart = vm_superio::Serial::new(IrqTrigger(self.irq.clone()), out);
         self.notify_if_drained();
     }
@@ -290,9 +198,10 @@ impl BusDevice for Serial {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{hammer, MockIrq};
+    use crate::testutil::{hammer, CaptureSink, MockIrq};
+    use std::fs::File;
     use std::io::Read;
-    use std::sync::Mutex;
+    use std::os::unix::net::UnixStream;
 
     const IER: u64 = 1;
     const IIR: u64 = 2;
@@ -302,46 +211,9 @@ mod tests {
     const IER_THRE: u8 = 2;
     const LSR_DR: u8 = 1;
 
-    /// A sink recording what it got, and able to fail.
-    #[derive(Clone, Default)]
-    struct Capture {
-        bytes: Arc<Mutex<Vec<u8>>>,
-        attempts: Arc<Mutex<usize>>,
-        fail: Arc<Mutex<Option<io::ErrorKind>>>,
-    }
-
-    impl Capture {
-        fn bytes(&self) -> Vec<u8> {
-            self.bytes.lock().expect("not poisoned").clone()
-        }
-        fn attempts(&self) -> usize {
-            *self.attempts.lock().expect("not poisoned")
-        }
-        fn fail_with(&self, kind: Option<io::ErrorKind>) {
-            *self.fail.lock().expect("not poisoned") = kind;
-        }
-    }
-
-    impl Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            *self.attempts.lock().expect("not poisoned") += 1;
-            if let Some(kind) = *self.fail.lock().expect("not poisoned") {
-                return Err(io::Error::from(kind));
-            }
-            self.bytes
-                .lock()
-                .expect("not poisoned")
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn serial() -> (Serial, Arc<MockIrq>, Capture) {
+    fn serial() -> (Serial, Arc<MockIrq>, CaptureSink) {
         let irq = Arc::new(MockIrq::default());
-        let cap = Capture::default();
+        let cap = CaptureSink::default();
         (Serial::new(irq.clone(), Box::new(cap.clone())), irq, cap)
     }
 
@@ -455,7 +327,7 @@ mod tests {
         guest_print(&mut s, b"d");
         assert!(cap.bytes().is_empty());
         // A new sink brings output back.
-        let fresh = Capture::default();
+        let fresh = CaptureSink::default();
         s.set_output(Box::new(fresh.clone()));
         guest_print(&mut s, b"ok");
         assert_eq!(fresh.bytes(), b"ok");
@@ -476,9 +348,8 @@ mod tests {
     #[test]
     fn stalled_socket_peer_does_not_block_the_guest() {
         let (ours, mut theirs) = UnixStream::pair().expect("socketpair");
-        let out = SerialSink::UnixStream(ours)
-            .into_writer()
-            .expect("nonblocking");
+        ours.set_nonblocking(true).expect("nonblocking");
+        let out: Box<dyn Write + Send> = Box::new(ours);
         let mut s = Serial::new(Arc::new(MockIrq::default()), out);
         // Far more than a socket buffer holds, with nobody reading.
         let chunk = [b'.'; 4096];
@@ -495,16 +366,10 @@ mod tests {
     }
 
     #[test]
-    fn sinks_build() {
-        for sink in [SerialSink::Discard, SerialSink::Stdout, SerialSink::Stderr] {
-            sink.into_writer().expect("std streams");
-        }
+    fn output_reaches_a_file() {
         let path = std::env::temp_dir().join(format!("vireo-serial-test-{}", std::process::id()));
         let f = File::create(&path).expect("temp file");
-        let mut s = Serial::new(
-            Arc::new(MockIrq::default()),
-            SerialSink::File(f).into_writer().expect("file"),
-        );
+        let mut s = Serial::new(Arc::new(MockIrq::default()), Box::new(f));
         guest_print(&mut s, b"to a file\n");
         drop(s);
         let text = std::fs::read(&path).expect("read back");

@@ -1,7 +1,8 @@
 //! Mocks and helpers shared by the device unit tests.
 
+use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::{Interrupt, VmControl, VmRequest};
 
@@ -93,4 +94,41 @@ pub fn hammer(dev: &mut dyn crate::BusDevice, seed: u64, max_offset: u64, rounds
         }
     }
     rounds
+}
+
+/// A sink recording what it got, and able to fail.
+#[derive(Clone, Default)]
+pub struct CaptureSink {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    attempts: Arc<Mutex<usize>>,
+    fail: Arc<Mutex<Option<io::ErrorKind>>>,
+}
+
+impl CaptureSink {
+    pub fn bytes(&self) -> Vec<u8> {
+        self.bytes.lock().expect("not poisoned").clone()
+    }
+    pub fn attempts(&self) -> usize {
+        *self.attempts.lock().expect("not poisoned")
+    }
+    pub fn fail_with(&self, kind: Option<io::ErrorKind>) {
+        *self.fail.lock().expect("not poisoned") = kind;
+    }
+}
+
+impl Write for CaptureSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        *self.attempts.lock().expect("not poisoned") += 1;
+        if let Some(kind) = *self.fail.lock().expect("not poisoned") {
+            return Err(io::Error::from(kind));
+        }
+        self.bytes
+            .lock()
+            .expect("not poisoned")
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

@@ -1,17 +1,18 @@
 //! The virtio-console device (port 0 only).
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::sync::Arc;
 
 use vm_memory::{Bytes, GuestAddress};
 
 use super::request;
+use crate::guest_output::GuestOutput;
 use crate::ratelimit::RateLimitedLog;
 use crate::virtio::queue::{ActiveQueues, Chain, ChainError, QueueError};
 use crate::virtio::{
     ActivateError, GuestMemoryMmap, Queue, VirtioDevice, VirtioInterrupt, TYPE_CONSOLE,
 };
-use crate::{guest_debug, guest_warn, Interrupt};
+use crate::{guest_warn, Interrupt};
 
 /// Size of each queue.
 pub const CONSOLE_QUEUE_SIZE: u16 = 256;
@@ -27,53 +28,9 @@ const CONFIG_SIZE: usize = 12;
 const CHUNK: usize = 4096;
 
 /// The console's writer: never fails, never retries a failing sink.
-struct Output {
-    sink: Box<dyn Write + Send>,
-    failed: bool,
-    dropped: u64,
-}
-
-impl Output {
-    fn write(&mut self, bytes: &[u8], log: &RateLimitedLog) {
-        if self.failed {
-            self.dropped = self.dropped.saturating_add(bytes.len() as u64);
-            return;
-        }
-        if let Err(e) = self.sink.write_all(bytes) {
-            // A partial write loses the tail of the chunk; counted whole.
-            self.dropped = self.dropped.saturating_add(bytes.len() as u64);
-            self.sink_error(&e, log);
-        }
-    }
-
-    fn flush(&mut self, log: &RateLimitedLog) {
-        if !self.failed {
-            if let Err(e) = self.sink.flush() {
-                self.sink_error(&e, log);
-            }
-        }
-    }
-
-    fn sink_error(&mut self, e: &io::Error, log: &RateLimitedLog) {
-        if e.kind() == io::ErrorKind::WouldBlock {
-            guest_debug!(
-                log,
-                "virtio-console: output sink is not keeping up; {} bytes dropped so far",
-                self.dropped
-            );
-        } else {
-            self.failed = true;
-            guest_warn!(
-                log,
-                "virtio-console: output failed, dropping all further output: {e}"
-            );
-        }
-    }
-}
-
 /// A virtio console with one port.
 pub struct Console {
-    output: Output,
+    output: GuestOutput,
     active: Option<ActiveQueues>,
     input_ready: Option<Arc<dyn Interrupt>>,
     /// Input was refused since the guest last posted receive buffers.
@@ -85,11 +42,7 @@ impl Console {
     /// A console writing the guest's output to `out`.
     pub fn new(out: Box<dyn Write + Send>) -> Console {
         Console {
-            output: Output {
-                sink: out,
-                failed: false,
-                dropped: 0,
-            },
+            output: GuestOutput::new("virtio-console", out),
             active: None,
             input_ready: None,
             input_refused: false,
@@ -99,13 +52,12 @@ impl Console {
 
     /// Replaces the output sink and forgets an earlier sink failure.
     pub fn set_output(&mut self, out: Box<dyn Write + Send>) {
-        self.output.sink = out;
-        self.output.failed = false;
+        self.output.set_sink(out);
     }
 
     /// Bytes of guest output lost to a slow or failed sink.
     pub fn dropped_output_bytes(&self) -> u64 {
-        self.output.dropped
+        self.output.dropped()
     }
 
     /// Sets what to trigger when the guest posts receive buffers after
@@ -187,12 +139,11 @@ impl Console {
             return;
         };
         let output = &mut self.output;
-        let log = &self.log;
         let res = active.drain(TRANSMIT_QUEUE, |mem, chain| {
-            send_chain(output, log, mem, chain)?;
+            send_chain(output, mem, chain)?;
             Ok(0)
         });
-        self.output.flush(&self.log);
+        let _ = self.output.flush(); // GuestOutput never fails
         if let Err(e) = res {
             active.fail(TRANSMIT_QUEUE, &e);
         }
@@ -201,8 +152,7 @@ impl Console {
 
 /// Copies one transmit chain to the sink.
 fn send_chain(
-    output: &mut Output,
-    log: &RateLimitedLog,
+    output: &mut GuestOutput,
     mem: &GuestMemoryMmap,
     chain: &Chain,
 ) -> Result<(), QueueError> {
@@ -217,7 +167,7 @@ fn send_chain(
                     addr: b.addr.0,
                     len: b.len,
                 })?;
-            output.write(&chunk[..n], log);
+            let _ = output.write(&chunk[..n]); // GuestOutput never fails
             off += n as u64;
         }
     }
@@ -321,31 +271,9 @@ impl VirtioDevice for Console {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::MockIrq;
+    use crate::testutil::{CaptureSink, MockIrq};
     use crate::virtio::testutil::{activation, DriverQueue, MockVirtioInterrupt};
-    use std::sync::Mutex;
-
-    #[derive(Clone, Default)]
-    struct Capture {
-        bytes: Arc<Mutex<Vec<u8>>>,
-        fail: Arc<Mutex<Option<io::ErrorKind>>>,
-    }
-
-    impl Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            if let Some(kind) = *self.fail.lock().expect("not poisoned") {
-                return Err(io::Error::from(kind));
-            }
-            self.bytes
-                .lock()
-                .expect("not poisoned")
-                .extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use std::io;
 
     struct Setup {
         console: Console,
@@ -353,14 +281,14 @@ mod tests {
         tx: DriverQueue,
         mem: GuestMemoryMmap,
         irq: Arc<MockVirtioInterrupt>,
-        out: Capture,
+        out: CaptureSink,
     }
 
     fn setup() -> Setup {
         let (mem, irq) = activation();
         let rx = DriverQueue::new(&mem, 0x10_0000, 8);
         let tx = DriverQueue::new(&mem, 0x11_0000, 8);
-        let out = Capture::default();
+        let out = CaptureSink::default();
         let mut console = Console::new(Box::new(out.clone()));
         console
             .activate(
@@ -396,7 +324,7 @@ mod tests {
         let a = s.tx.add(&s.mem, &[(0x1000, 7, false), (0x2000, 6, false)]);
         let b = s.tx.add(&s.mem, &[(0x4000, 10_000, false)]);
         s.console.process_queue(TRANSMIT_QUEUE);
-        let got = s.out.bytes.lock().expect("not poisoned").clone();
+        let got = s.out.bytes();
         assert_eq!(&got[..13], b"hello, world\n");
         assert_eq!(got.len(), 13 + 10_000);
         assert_eq!(s.tx.take_used(&s.mem), vec![(a, 0), (b, 0)]);
@@ -406,24 +334,24 @@ mod tests {
     #[test]
     fn sink_failures_drop_output() {
         let mut s = setup();
-        *s.out.fail.lock().expect("not poisoned") = Some(io::ErrorKind::WouldBlock);
+        s.out.fail_with(Some(io::ErrorKind::WouldBlock));
         s.tx.add(&s.mem, &[(0x1000, 5, false)]);
         s.console.process_queue(TRANSMIT_QUEUE);
         assert_eq!(s.console.dropped_output_bytes(), 5);
         // A hard failure abandons the sink; a new one is used.
-        *s.out.fail.lock().expect("not poisoned") = Some(io::ErrorKind::BrokenPipe);
+        s.out.fail_with(Some(io::ErrorKind::BrokenPipe));
         s.tx.add(&s.mem, &[(0x1000, 5, false)]);
         s.console.process_queue(TRANSMIT_QUEUE);
-        *s.out.fail.lock().expect("not poisoned") = None;
+        s.out.fail_with(None);
         s.tx.add(&s.mem, &[(0x1000, 5, false)]);
         s.console.process_queue(TRANSMIT_QUEUE);
         assert_eq!(s.console.dropped_output_bytes(), 15);
-        assert!(s.out.bytes.lock().expect("not poisoned").is_empty());
-        let fresh = Capture::default();
+        assert!(s.out.bytes().is_empty());
+        let fresh = CaptureSink::default();
         s.console.set_output(Box::new(fresh.clone()));
         s.tx.add(&s.mem, &[(0x1000, 5, false)]);
         s.console.process_queue(TRANSMIT_QUEUE);
-        assert_eq!(fresh.bytes.lock().expect("not poisoned").len(), 5);
+        assert_eq!(fresh.bytes().len(), 5);
         // Every chain was returned regardless.
         assert_eq!(s.tx.take_used(&s.mem).len(), 4);
     }
@@ -491,7 +419,7 @@ mod tests {
         s.tx.add(&s.mem, &[(end - 2, 4, false)]);
         s.console.process_queue(TRANSMIT_QUEUE);
         assert_eq!(s.irq.needs_reset_count(), 1);
-        assert!(s.out.bytes.lock().expect("not poisoned").is_empty());
+        assert!(s.out.bytes().is_empty());
 
         // Zero-length buffers are fine: nothing to copy.
         let mut s = setup();
