@@ -28,6 +28,26 @@ pub trait Interrupt: Send + Sync {
     fn trigger(&self) -> std::io::Result<()>;
 }
 
+/// Guest memory as devices see it (for DMA and virtqueues).
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// Host file descriptors a device wants the monitor's event loop to watch
+/// (a disk queue's completion eventfd, a TAP device). Implemented by the
+/// monitor; given to a device once, before it can go live.
+///
+/// Watching is edge-triggered: the monitor calls the device's
+/// `host_event(token)` each time `fd` *becomes* readable. The device must
+/// consume what is readable (read until `EAGAIN`), or remember that it left
+/// something and come back to it on its own (for example when the guest
+/// posts buffers). Calls come from the event-loop thread with the device
+/// locked.
+pub trait HostEvents: Send + Sync {
+    /// Starts watching `fd` for readability; `token` is passed back.
+    fn watch(&self, fd: std::os::fd::RawFd, token: u32) -> std::io::Result<()>;
+    /// Stops watching `fd`. Call before closing it.
+    fn unwatch(&self, fd: std::os::fd::RawFd);
+}
+
 /// A machine-level event a device asks the monitor to carry out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VmRequest {

@@ -299,6 +299,22 @@ pub trait PciDevice: Send {
     fn ioevent(&mut self, token: u32) {
         let _ = token;
     }
+    /// The guest memory the function reaches by DMA. The monitor calls this
+    /// at every boot (guest memory is rebuilt on reboot), before the guest
+    /// runs.
+    fn set_dma_memory(&mut self, mem: crate::GuestMemoryMmap) {
+        let _ = mem;
+    }
+    /// Where to register host descriptors to watch; see
+    /// [`HostEvents`](crate::HostEvents). Called once, when the function is
+    /// wired to an event loop.
+    fn set_host_events(&mut self, events: std::sync::Arc<dyn crate::HostEvents>) {
+        let _ = events;
+    }
+    /// A descriptor registered with `token` became readable.
+    fn host_event(&mut self, token: u32) {
+        let _ = token;
+    }
     /// Returns the function to its power-on state (machine reset): decoding
     /// off, BARs back at their [`PciDevice::place_bar`] addresses.
     fn reset(&mut self) {}

@@ -20,7 +20,9 @@
 //! interrupt (virtio 1.2, section 2.1.2). Only a reset (status 0) brings the
 //! device back. Guest-triggered log lines are rate limited.
 
+pub mod block;
 pub mod console;
+pub mod net;
 pub mod pci;
 pub mod queue;
 pub mod rng;
@@ -33,8 +35,9 @@ use std::sync::Arc;
 
 pub use virtio_queue::Queue;
 
-/// Guest memory as devices see it.
-pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+use crate::HostEvents;
+
+pub use crate::GuestMemoryMmap;
 
 /// Device status bits (virtio 1.2, section 2.1).
 pub mod status {
@@ -145,6 +148,19 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// The driver notified queue `index`: serve every available buffer.
     fn process_queue(&mut self, index: u16);
+    /// Where to register the host file descriptors the device needs
+    /// watched (see [`HostEvents`]). Called once, before activation, by a
+    /// monitor that has an event loop; devices that have no such descriptors
+    /// ignore it.
+    fn set_host_events(&mut self, events: Arc<dyn HostEvents>) {
+        let _ = events;
+    }
+    /// A descriptor registered through [`HostEvents::watch`] with `token`
+    /// became readable. May come after a reset (a stale event): ignore
+    /// tokens that are not live.
+    fn host_event(&mut self, token: u32) {
+        let _ = token;
+    }
 }
 
 #[cfg(test)]

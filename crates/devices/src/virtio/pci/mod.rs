@@ -468,6 +468,18 @@ impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
         }
     }
 
+    fn set_dma_memory(&mut self, mem: GuestMemoryMmap) {
+        self.set_guest_memory(mem);
+    }
+
+    fn set_host_events(&mut self, events: Arc<dyn crate::HostEvents>) {
+        self.device.set_host_events(events);
+    }
+
+    fn host_event(&mut self, token: u32) {
+        self.device.host_event(token);
+    }
+
     fn reset(&mut self) {
         self.virtio_reset();
         self.config.reset();
