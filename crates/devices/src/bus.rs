@@ -6,7 +6,7 @@
 //! mutex: a slow device never blocks accesses to another.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// A device on a bus. Offsets are relative to the start of the device's range.
 pub trait BusDevice: Send {
@@ -38,15 +38,20 @@ struct Entry {
 }
 
 /// A set of devices keyed by address range.
-#[derive(Clone, Default)]
+///
+/// The map can change while accesses are dispatched (PCI BARs move when the
+/// guest reprograms them, devices are hot-plugged): lookups take a short
+/// read lock and release it before calling the device, so a device may
+/// itself cause the bus to change (a configuration write that moves a BAR).
+#[derive(Default)]
 pub struct Bus {
-    ranges: BTreeMap<u64, Entry>,
+    ranges: RwLock<BTreeMap<u64, Entry>>,
 }
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut list = f.debug_list();
-        for (base, e) in &self.ranges {
+        for (base, e) in self.map().iter() {
             list.entry(&format_args!("{base:#x}+{:#x}", e.len));
         }
         list.finish()
@@ -59,30 +64,40 @@ impl Bus {
         Bus::default()
     }
 
+    fn map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u64, Entry>> {
+        self.ranges.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Places `device` at `[base, base + len)`.
-    pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
+    pub fn insert(&self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusError> {
         if len == 0 || base.checked_add(len).is_none() {
             return Err(BusError::InvalidRange { base, len });
         }
-        if let Some((&other, e)) = self.ranges.range(..base + len).next_back() {
+        let mut ranges = self.ranges.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((&other, e)) = ranges.range(..base + len).next_back() {
             if other + e.len > base {
                 return Err(BusError::Overlap { base, len, other });
             }
         }
-        self.ranges.insert(base, Entry { len, device });
+        ranges.insert(base, Entry { len, device });
         Ok(())
     }
 
     /// Removes the device whose range starts at `base`.
-    pub fn remove(&mut self, base: u64) -> Option<SharedDevice> {
-        self.ranges.remove(&base).map(|e| e.device)
+    pub fn remove(&self, base: u64) -> Option<SharedDevice> {
+        self.ranges
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&base)
+            .map(|e| e.device)
     }
 
-    fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
-        let (&base, e) = self.ranges.range(..=addr).next_back()?;
+    /// The device covering the whole access, and the offset in its range.
+    fn find(&self, addr: u64, size: usize) -> Option<(u64, SharedDevice)> {
+        let ranges = self.map();
+        let (&base, e) = ranges.range(..=addr).next_back()?;
         let off = addr - base;
-        // The whole access must fall inside the device's range.
-        (off.checked_add(size as u64)? <= e.len).then_some((off, &e.device))
+        (off.checked_add(size as u64)? <= e.len).then(|| (off, e.device.clone()))
     }
 
     /// Dispatches a read. Returns false (and fills `data` with 0xff) when no
@@ -90,7 +105,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((off, dev)) => {
-                lock(dev).read(off, data);
+                lock(&dev).read(off, data);
                 true
             }
             None => {
@@ -104,7 +119,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((off, dev)) => {
-                lock(dev).write(off, data);
+                lock(&dev).write(off, data);
                 true
             }
             None => false,
@@ -135,7 +150,7 @@ mod tests {
     #[test]
     fn dispatches_by_range_with_offsets() {
         let dev = Arc::new(Mutex::new(Reg(vec![])));
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         bus.insert(dev.clone(), 0x3f8, 8).expect("free range");
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fa, &mut b));
@@ -151,7 +166,7 @@ mod tests {
 
     #[test]
     fn refuses_overlaps_and_bad_ranges() {
-        let mut bus = Bus::new();
+        let bus = Bus::new();
         let d = || Arc::new(Mutex::new(Reg(vec![]))) as SharedDevice;
         bus.insert(d(), 0x100, 0x10).expect("free");
         assert!(matches!(

@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use vireo_api::device_args::DiskArg;
 use vireo_api::size::parse_size;
 use vireo_api::MonitorExit;
 use vireo_vmm::arch::x86_64::cpu_model::CpuModel;
 use vireo_vmm::arch::x86_64::cpuid::Topology;
+use vireo_vmm::config::{ConsoleDevice, DiskConfig};
 use vireo_vmm::{Machine, SerialConfig, VmConfig};
 
 mod control;
@@ -64,6 +66,17 @@ struct Args {
     /// (a guard for tests against runaway guests).
     #[arg(long, value_name = "N")]
     exit_budget: Option<u64>,
+    /// Which device takes console input: serial (COM1) or virtio (a
+    /// virtio-console, hvc0 in Linux; COM1 still prints to the same place).
+    #[arg(long, default_value = "serial", value_name = "DEVICE", value_parser = parse_console)]
+    console: ConsoleDevice,
+    /// Add a virtio-rng entropy device (fed by the host's getrandom).
+    #[arg(long)]
+    rng: bool,
+    /// Add a virtio-blk disk: PATH[,readonly][,direct][,serial=TEXT][,queues=N].
+    /// Repeat for more disks.
+    #[arg(long, value_name = "SPEC")]
+    disk: Vec<DiskArg>,
     /// Log level: error, warn, info, debug, trace (also VIREO_LOG).
     #[arg(long, env = "VIREO_LOG", default_value = "warn", value_name = "LEVEL", value_parser = parse_level)]
     log_level: log::LevelFilter,
@@ -102,6 +115,16 @@ fn parse_topology(s: &str) -> Result<Topology, String> {
         }
     }
     Ok(t)
+}
+
+fn parse_console(s: &str) -> Result<ConsoleDevice, String> {
+    match s {
+        "serial" => Ok(ConsoleDevice::Serial),
+        "virtio" => Ok(ConsoleDevice::Virtio),
+        _ => Err(format!(
+            "'{s}' is not a console device: use serial or virtio"
+        )),
+    }
 }
 
 fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
@@ -155,6 +178,19 @@ fn main() -> ExitCode {
         serial,
         reboot: !args.no_reboot,
         exit_budget: args.exit_budget,
+        console: args.console,
+        rng: args.rng,
+        disks: args
+            .disk
+            .into_iter()
+            .map(|d| DiskConfig {
+                path: d.path,
+                read_only: d.read_only,
+                direct: d.direct,
+                serial: d.serial,
+                queues: d.queues,
+            })
+            .collect(),
     };
     let exit = run(config, interactive, args.control.as_deref());
     ExitCode::from(exit.code())

@@ -28,6 +28,45 @@ pub enum SerialConfig {
     Null,
 }
 
+/// Which device carries the console's input (output goes to the console
+/// sink from both when both exist).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConsoleDevice {
+    /// COM1 only.
+    #[default]
+    Serial,
+    /// A virtio-console (hvc0 in Linux) takes the input; COM1 still prints.
+    Virtio,
+}
+
+/// A virtio-blk disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Image file or block device.
+    pub path: PathBuf,
+    /// Refuse writes (the guest sees a read-only disk).
+    pub read_only: bool,
+    /// Bypass the host page cache (O_DIRECT).
+    pub direct: bool,
+    /// GET_ID serial (default: derived from the file's identity).
+    pub serial: Option<String>,
+    /// Number of request queues (1..=16).
+    pub queues: u16,
+}
+
+impl DiskConfig {
+    /// A writable, cached, single-queue disk on `path`.
+    pub fn new(path: impl Into<PathBuf>) -> DiskConfig {
+        DiskConfig {
+            path: path.into(),
+            read_only: false,
+            direct: false,
+            serial: None,
+            queues: 1,
+        }
+    }
+}
+
 /// One VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -54,6 +93,12 @@ pub struct VmConfig {
     /// Ends the VM as an internal error after this many vCPU exits to the
     /// monitor (all vCPUs together): a test's guard against runaway guests.
     pub exit_budget: Option<u64>,
+    /// Which device takes console input.
+    pub console: ConsoleDevice,
+    /// A virtio-rng device.
+    pub rng: bool,
+    /// virtio-blk disks, in PCI slot order.
+    pub disks: Vec<DiskConfig>,
 }
 
 /// Invalid configuration: the VM cannot be built.
@@ -99,6 +144,9 @@ impl VmConfig {
             serial: SerialConfig::Stdio { escape: None },
             reboot: true,
             exit_budget: None,
+            console: ConsoleDevice::Serial,
+            rng: false,
+            disks: Vec::new(),
         }
     }
 

@@ -70,6 +70,27 @@ impl Write for CaptureWriter {
     }
 }
 
+/// One console sink written by several devices (COM1 and virtio-console):
+/// clones write to the same place, a write at a time.
+#[derive(Clone)]
+pub struct SharedSink(Arc<Mutex<Box<dyn Write + Send>>>);
+
+impl SharedSink {
+    /// Shares `sink`.
+    pub fn new(sink: Box<dyn Write + Send>) -> SharedSink {
+        SharedSink(Arc::new(Mutex::new(sink)))
+    }
+}
+
+impl Write for SharedSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
+
 /// Where input comes from.
 pub enum Input {
     /// No input.

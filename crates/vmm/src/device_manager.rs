@@ -11,13 +11,26 @@ use kvm_ioctls::VmFd;
 use vireo_devices::debug_exit::{DebugExit, DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use vireo_devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use vireo_devices::pci::{HostBridge, PciAddress, PciConfigIo, PciEcam, PciRegistry};
+use vireo_devices::pci::{PciAllocator, PciWindows, SharedPciDevice, Window};
 use vireo_devices::pm::{Pm1, ResetControl, PM1_BASE, PM1_LEN, RESET_PORT};
 use vireo_devices::rtc::{RamSize, Rtc, SystemClock, RTC_BASE, RTC_LEN};
 use vireo_devices::serial::{Serial, COM1_BASE, SERIAL_LEN};
+use vireo_devices::virtio::console::Console as VirtioConsole;
+use vireo_devices::virtio::pci::VirtioPciDevice;
+use vireo_devices::virtio::rng::Rng;
+use vireo_devices::virtio::VirtioDevice;
+use vireo_devices::GuestMemoryMmap;
 use vireo_devices::{Bus, Interrupt, VmControl};
+use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::memory::{MemoryLayout, PCI_ECAM_START, PCI_LAST_BUS};
+use crate::config::{ConsoleDevice, VmConfig};
+use crate::console::SharedSink;
+use crate::memory::{
+    MemoryLayout, PCI_ECAM_START, PCI_IO_SIZE, PCI_IO_START, PCI_LAST_BUS, PCI_MMIO32_SIZE,
+    PCI_MMIO32_START,
+};
+use crate::pci_wiring::Wiring;
 
 /// The legacy PCI configuration ports (address at 0xcf8, data at 0xcfc); the
 /// reset control register 0xcf9 sits inside and is passed through.
@@ -60,9 +73,32 @@ pub struct DeviceManager {
     serial: Arc<Mutex<Serial>>,
     i8042: Arc<Mutex<I8042>>,
     pm: Arc<Mutex<Pm1>>,
-    /// PCI functions by bus/device/function (the host bridge for now).
+    /// PCI functions by bus/device/function.
     pub pci: Arc<PciRegistry>,
+    /// PCI functions' links to KVM and the event loop.
+    pub wiring: Arc<Wiring>,
+    allocator: PciAllocator,
+    /// Bus-mastering functions (they get guest memory at every boot).
+    dma: Vec<SharedPciDevice>,
+    virtio_console: Option<Arc<Mutex<VirtioPciDevice<VirtioConsole>>>>,
     irqs: Vec<Arc<IrqLine>>,
+    /// The console sink COM1 (and a virtio-console) write to.
+    sink: SharedSink,
+}
+
+/// The windows the host bridge forwards (and ACPI describes).
+pub fn pci_windows() -> PciWindows {
+    PciWindows {
+        io: Some(Window {
+            base: PCI_IO_START,
+            size: PCI_IO_SIZE,
+        }),
+        mmio32: Window {
+            base: PCI_MMIO32_START,
+            size: PCI_MMIO32_SIZE,
+        },
+        mmio64: None,
+    }
 }
 
 impl DeviceManager {
@@ -71,10 +107,15 @@ impl DeviceManager {
         layout: &MemoryLayout,
         control: Arc<dyn VmControl>,
         console: Box<dyn Write + Send>,
+        epoll: Arc<Epoll>,
     ) -> std::io::Result<DeviceManager> {
+        let console = SharedSink::new(console);
         let com1_irq = IrqLine::new(COM1_IRQ)?;
         let sci = IrqLine::new(SCI_IRQ)?;
-        let serial = Arc::new(Mutex::new(Serial::new(com1_irq.clone(), console)));
+        let serial = Arc::new(Mutex::new(Serial::new(
+            com1_irq.clone(),
+            Box::new(console.clone()),
+        )));
         let i8042 = Arc::new(Mutex::new(I8042::new(control.clone())));
         let ram = RamSize {
             below_4g: layout.low_end(),
@@ -93,48 +134,112 @@ impl DeviceManager {
         let config_io =
             PciConfigIo::new(pci.clone()).with_passthrough(RESET_PORT - PCI_CONFIG_IO, 1, reset);
         let ecam = PciEcam::new(pci.clone(), 0, PCI_LAST_BUS);
-        let mut mmio = Bus::new();
+        let mmio = Bus::new();
 
-        let mut pio = Bus::new();
-        let place = |bus: &mut Bus, dev, base, len| {
+        let pio = Bus::new();
+        let place = |bus: &Bus, dev, base, len| {
             bus.insert(dev, base, len)
                 .map_err(|e| std::io::Error::other(e.to_string()))
         };
-        place(&mut pio, serial.clone(), COM1_BASE, SERIAL_LEN)?;
-        place(&mut pio, i8042.clone(), I8042_BASE, I8042_LEN)?;
-        place(&mut pio, rtc, RTC_BASE, RTC_LEN)?;
-        place(&mut pio, pm.clone(), PM1_BASE, PM1_LEN)?;
+        place(&pio, serial.clone(), COM1_BASE, SERIAL_LEN)?;
+        place(&pio, i8042.clone(), I8042_BASE, I8042_LEN)?;
+        place(&pio, rtc, RTC_BASE, RTC_LEN)?;
+        place(&pio, pm.clone(), PM1_BASE, PM1_LEN)?;
         place(
-            &mut pio,
+            &pio,
             Arc::new(Mutex::new(config_io)),
             PCI_CONFIG_IO,
             PCI_CONFIG_IO_LEN,
         )?;
         let ecam_len = (u64::from(PCI_LAST_BUS) + 1) << 20;
-        place(
-            &mut mmio,
-            Arc::new(Mutex::new(ecam)),
-            PCI_ECAM_START,
-            ecam_len,
-        )?;
-        place(&mut pio, exit, DEBUG_EXIT_PORT, DEBUG_EXIT_LEN)?;
+        place(&mmio, Arc::new(Mutex::new(ecam)), PCI_ECAM_START, ecam_len)?;
+        place(&pio, exit, DEBUG_EXIT_PORT, DEBUG_EXIT_LEN)?;
+        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+        let wiring = Wiring::new(pci.clone(), mmio.clone(), pio.clone(), epoll);
+        pci.set_listener(wiring.clone());
+        let allocator =
+            PciAllocator::new(pci_windows()).map_err(|e| std::io::Error::other(e.to_string()))?;
         Ok(DeviceManager {
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
+            pio,
+            mmio,
             serial,
             i8042,
             pm,
             pci,
+            wiring,
+            allocator,
+            dma: Vec::new(),
+            virtio_console: None,
             irqs: vec![com1_irq, sci],
+            sink: console,
         })
     }
 
-    /// Registers the interrupt lines with a freshly created KVM VM.
-    pub fn connect(&self, vm: &VmFd) -> Result<(), kvm_ioctls::Error> {
+    /// Adds the PCI devices `config` asks for, in a fixed slot order: the
+    /// console, the entropy source, then the disks.
+    pub fn add_configured(&mut self, config: &VmConfig) -> std::io::Result<()> {
+        if config.console == ConsoleDevice::Virtio {
+            let console = VirtioConsole::new(Box::new(self.sink.clone()));
+            let dev = Arc::new(Mutex::new(self.wrap_virtio(console)?));
+            self.add_pci(dev.clone())?;
+            self.virtio_console = Some(dev);
+        }
+        if config.rng {
+            let rng = self.wrap_virtio(Rng::new())?;
+            self.add_pci(Arc::new(Mutex::new(rng)))?;
+        }
+        Ok(())
+    }
+
+    /// Puts `device` on the virtio-pci transport with MSI-X vectors of its own.
+    fn wrap_virtio<D: VirtioDevice>(&self, device: D) -> std::io::Result<VirtioPciDevice<D>> {
+        let vectors = device.queue_max_sizes().len() as u16 + 1;
+        let msi = self.wiring.msi_for(vectors)?;
+        VirtioPciDevice::new(device, msi, None).map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    /// Places a function's BARs (the firmware's job), puts it in the first
+    /// free slot of bus 0 and wires it to KVM and the event loop.
+    fn add_pci(&mut self, device: SharedPciDevice) -> std::io::Result<()> {
+        let err = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+        {
+            let mut d = vireo_devices::pci::lock_device(&device);
+            for spec in d.bars() {
+                let addr = self.allocator.allocate(&spec).map_err(|e| err(&e))?;
+                d.place_bar(spec.index, addr).map_err(|e| err(&e))?;
+            }
+        }
+        let slot = self
+            .pci
+            .free_slot(0)
+            .ok_or_else(|| std::io::Error::other("no free PCI slot on bus 0"))?;
+        self.pci.add(slot, device.clone()).map_err(|e| err(&e))?;
+        self.wiring.connect_device(&device);
+        self.dma.push(device);
+        Ok(())
+    }
+
+    /// Connects the devices to a freshly created KVM VM (interrupt lines,
+    /// MSI routes, doorbells) and gives DMA-capable functions its memory.
+    pub fn connect(&self, vm: &Arc<VmFd>, mem: &GuestMemoryMmap) -> Result<(), kvm_ioctls::Error> {
         for irq in &self.irqs {
             vm.register_irqfd(&irq.efd, irq.gsi)?;
         }
+        self.wiring.attach(vm.clone())?;
+        for d in &self.dma {
+            vireo_devices::pci::lock_device(d).set_dma_memory(mem.clone());
+        }
         Ok(())
+    }
+
+    /// The VM of the boot that ended is gone.
+    pub fn disconnect(&self) {
+        self.wiring.detach();
+    }
+
+    /// Whether console input goes to a virtio-console.
+    pub fn has_virtio_console(&self) -> bool {
+        self.virtio_console.is_some()
     }
 
     /// Resets device state for a reboot (the console and CMOS NVRAM persist).
@@ -148,8 +253,16 @@ impl DeviceManager {
         self.pci.reset();
     }
 
-    /// Offers console input to COM1; returns how many bytes it took.
-    pub fn enqueue_serial_input(&self, data: &[u8]) -> usize {
+    /// Offers console input to the console device (COM1, or the
+    /// virtio-console); returns how many bytes it took.
+    pub fn enqueue_console_input(&self, data: &[u8]) -> usize {
+        if let Some(c) = &self.virtio_console {
+            return c
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .device_mut()
+                .enqueue_input(data);
+        }
         self.serial
             .lock()
             .unwrap_or_else(|p| p.into_inner())

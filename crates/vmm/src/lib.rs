@@ -12,6 +12,7 @@ pub mod console;
 pub mod device_manager;
 pub mod events;
 pub mod memory;
+pub mod pci_wiring;
 pub mod vcpu;
 pub mod vm;
 

@@ -22,6 +22,7 @@ use crate::console::{Console, ConsoleError, Input};
 use crate::device_manager::DeviceManager;
 use crate::events::{Event, Notifier, VcpuFailure};
 use crate::memory::{host_phys_bits, MemoryLayout};
+use crate::pci_wiring::FIRST_KEY;
 use crate::vcpu::{self, Desired, VcpuContext, VcpuHandle, VcpuState};
 
 /// Where KVM puts the TSS it needs on Intel hosts: three pages just below the
@@ -153,7 +154,7 @@ impl MachineHandle {
 struct Booted {
     // Field order is drop order: vCPU threads stop before the VM fd closes.
     vcpus: Vec<VcpuHandle>,
-    _vm: VmFd,
+    _vm: Arc<VmFd>,
     _mem: GuestMemoryMmap,
 }
 
@@ -167,6 +168,8 @@ pub struct Machine {
     devices: DeviceManager,
     notifier: Arc<Notifier>,
     events: Receiver<Event>,
+    /// The event loop's epoll; devices add their descriptors to it.
+    epoll: Arc<Epoll>,
     input: Input,
     booted: Option<Booted>,
     boots: u32,
@@ -216,8 +219,13 @@ impl Machine {
         let (notifier, events) = Notifier::new().map_err(io_err("creating an eventfd"))?;
         let notifier = Arc::new(notifier);
         let console = Console::open(&config.serial)?;
-        let devices = DeviceManager::new(&layout, notifier.clone(), console.output)
-            .map_err(io_err("creating devices"))?;
+        let epoll = Arc::new(Epoll::new().map_err(io_err("creating an epoll"))?);
+        let mut devices =
+            DeviceManager::new(&layout, notifier.clone(), console.output, epoll.clone())
+                .map_err(io_err("creating devices"))?;
+        devices
+            .add_configured(&config)
+            .map_err(io_err("creating PCI devices"))?;
         vcpu::install_kick_handler()
             .map_err(|e| io_err("installing the vCPU kick handler")(e.into()))?;
         let handle = MachineHandle {
@@ -232,6 +240,7 @@ impl Machine {
                 devices,
                 notifier,
                 events,
+                epoll,
                 input: console.input,
                 booted: None,
                 boots: 0,
@@ -242,7 +251,7 @@ impl Machine {
 
     /// Creates the KVM VM, loads the kernel and starts the vCPUs.
     fn boot(&mut self) -> Result<(), VmError> {
-        let vm = self.kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        let vm = Arc::new(self.kvm.create_vm().map_err(kvm_err("create a VM"))?);
 
         let mem = self.layout.allocate().map_err(|source| VmError::Memory {
             size: self.layout.size() >> 20,
@@ -289,7 +298,7 @@ impl Machine {
                 };
                 let entry = boot::load(&mem, &self.layout, &source)?;
                 self.devices
-                    .connect(&vm)
+                    .connect(&vm, &mem)
                     .map_err(kvm_err("connect device interrupts"))?;
                 let vcpus = (0..self.config.cpus)
                     .map(|index| self.create_vcpu(&vm, topo, index, entry))
@@ -395,6 +404,7 @@ impl Machine {
                 v.stop();
             }
         }
+        self.devices.disconnect();
         // Events of the boot that just ended are moot now.
         while self.events.try_recv().is_ok() {}
     }
@@ -423,7 +433,7 @@ impl Machine {
     /// Boots the VM and runs it until it ends; reboots happen inside.
     pub fn run(mut self) -> Result<Outcome, VmError> {
         let signals = signal_fd()?;
-        let epoll = Epoll::new().map_err(io_err("creating an epoll"))?;
+        let epoll = self.epoll.clone();
         const EVENTS: u64 = 0;
         const SIGNALS: u64 = 1;
         const INPUT: u64 = 2;
@@ -548,6 +558,7 @@ impl Machine {
                             }
                         }
                     }
+                    key if key >= FIRST_KEY => self.devices.wiring.dispatch(key),
                     _ => {
                         let _ = self.notifier.eventfd().read();
                         while let Ok(event) = self.events.try_recv() {
@@ -591,7 +602,7 @@ impl Machine {
 
     fn feed_serial(&self, pending: &mut Vec<u8>) {
         if !pending.is_empty() {
-            let n = self.devices.enqueue_serial_input(pending);
+            let n = self.devices.enqueue_console_input(pending);
             pending.drain(..n);
         }
     }
@@ -664,22 +675,19 @@ impl Machine {
 /// How the PCI host bridge is described to the guest (ACPI PCI0 and MCFG);
 /// matches what the device manager decodes.
 fn pci_host_bridge() -> acpi::PciHostBridge {
-    use crate::memory::{
-        PCI_ECAM_START, PCI_IO_SIZE, PCI_IO_START, PCI_LAST_BUS, PCI_MMIO32_SIZE, PCI_MMIO32_START,
+    use crate::memory::{PCI_ECAM_START, PCI_LAST_BUS};
+    let w = crate::device_manager::pci_windows();
+    let window = |w: vireo_devices::pci::Window| acpi::Window {
+        base: w.base,
+        size: w.size,
     };
     acpi::PciHostBridge {
         ecam_base: PCI_ECAM_START,
         bus_start: 0,
         bus_end: PCI_LAST_BUS,
-        io: Some(acpi::Window {
-            base: PCI_IO_START,
-            size: PCI_IO_SIZE,
-        }),
-        mmio32: acpi::Window {
-            base: PCI_MMIO32_START,
-            size: PCI_MMIO32_SIZE,
-        },
-        mmio64: None,
+        io: w.io.map(window),
+        mmio32: window(w.mmio32),
+        mmio64: w.mmio64.map(window),
     }
 }
 

@@ -55,7 +55,7 @@ pub use allocator::{PciAllocator, PciAllocatorError, PciWindows, Window};
 pub use config::{ConfigSpace, PciIds};
 pub use host_bridge::HostBridge;
 pub use msix::{MsiInterrupt, MsiMessage, Msix, MsixDelivery, MsixVectorUpdate};
-pub use registry::{PciBarListener, PciBarWindow, PciRegistry, SharedPciDevice};
+pub use registry::{lock_device, PciBarListener, PciBarWindow, PciRegistry, SharedPciDevice};
 
 /// Size of one function's configuration space (PCI Express extended space).
 pub const CONFIG_SPACE_SIZE: usize = 4096;

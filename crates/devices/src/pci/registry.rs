@@ -40,10 +40,13 @@ pub trait PciBarListener: Send + Sync {
     fn bar_moved(&self, event: &BarMoved);
 }
 
-fn lock(dev: &SharedPciDevice) -> MutexGuard<'_, dyn PciDevice + 'static> {
-    // The monitor aborts on panic, so poisoning only happens in tests.
+/// Locks a shared function (recovering from poisoning: the monitor aborts
+/// on panic, so poisoning only happens in tests).
+pub fn lock_device(dev: &SharedPciDevice) -> MutexGuard<'_, dyn PciDevice + 'static> {
     dev.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+use lock_device as lock;
 
 /// Which decoded BARs changed between `before` and `after`.
 fn diff(device: PciAddress, before: &[DecodedBar], after: &[DecodedBar]) -> Vec<BarMoved> {

@@ -29,7 +29,7 @@ struct Mapper {
 
 impl PciBarListener for Mapper {
     fn bar_moved(&self, e: &BarMoved) {
-        let mut bus = self.bus.lock().expect("not poisoned");
+        let bus = self.bus.lock().expect("not poisoned");
         if let Some(old) = e.old {
             bus.remove(old);
         }
