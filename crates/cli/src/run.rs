@@ -10,6 +10,7 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use vireo_api::device_args::{DiskArg, NetArg};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -46,6 +47,18 @@ pub struct RunArgs {
     /// End when the guest resets instead of rebooting it.
     #[arg(long)]
     no_reboot: bool,
+    /// Which device takes console input: serial (COM1) or virtio (hvc0).
+    #[arg(long, default_value = "serial", value_name = "DEVICE", value_parser = ["serial", "virtio"])]
+    console: String,
+    /// Add a virtio-rng entropy device.
+    #[arg(long)]
+    rng: bool,
+    /// Add a virtio-blk disk: PATH[,readonly][,direct][,serial=TEXT][,queues=N] (repeatable).
+    #[arg(long, value_name = "SPEC")]
+    disk: Vec<DiskArg>,
+    /// Add a virtio-net NIC on a TAP: tap=NAME|fd=N[,mac=ADDR][,queues=N] (repeatable).
+    #[arg(long, value_name = "SPEC")]
+    net: Vec<NetArg>,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -103,6 +116,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     cmd.arg("--serial").arg(&args.serial);
     if args.no_reboot {
         cmd.arg("--no-reboot");
+    }
+    cmd.arg("--console").arg(&args.console);
+    if args.rng {
+        cmd.arg("--rng");
+    }
+    for d in &args.disk {
+        if !d.path.exists() {
+            bail!("disk image '{}' does not exist", d.path.display());
+        }
+        cmd.arg("--disk").arg(d.to_string());
+    }
+    for n in &args.net {
+        cmd.arg("--net").arg(n.to_string());
     }
     let err = cmd.exec();
     drop(keep_fd);
