@@ -120,9 +120,11 @@ impl FromStr for DiskArg {
                     disk.serial = Some(v.to_owned());
                 }
                 Some(("queues", v)) => disk.queues = queues(part, v)?,
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "'{part}' is not a disk option: use readonly, direct, serial=TEXT or queues=N"
-                )),
+                ))
+                }
             }
         }
         Ok(disk)

@@ -224,3 +224,151 @@ pub fn qemu(cmdline: &str, cpus: u32, mem_mib: u64) -> Option<Command> {
     ]);
     Some(c)
 }
+
+/// A network namespace created for one test and deleted when dropped, so
+/// tests can make TAP devices and addresses without touching the host's
+/// network.
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates namespace `name` with its loopback up, or says why not (no
+    /// `ip`, no permission) and returns `None`: the caller skips.
+    pub fn new(test: &str, name: &str) -> Option<NetNs> {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        match Command::new("ip").args(["netns", "add", name]).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED {test}: cannot create a network namespace (needs root): {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                return None;
+            }
+            Err(e) => {
+                eprintln!("SKIPPED {test}: cannot run ip (apt-get install iproute2): {e}");
+                return None;
+            }
+        }
+        let ns = NetNs {
+            name: name.to_owned(),
+        };
+        ns.ip(&["link", "set", "lo", "up"]);
+        Some(ns)
+    }
+
+    /// Runs `ip ARGS` inside the namespace; panics with its output on failure.
+    pub fn ip(&self, args: &[&str]) {
+        let o = Command::new("ip")
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("running ip");
+        assert!(
+            o.status.success(),
+            "ip -n {} {}: {}",
+            self.name,
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Reads a file of /sys/class/net/IFACE inside the namespace.
+    pub fn sys_net(&self, iface: &str, file: &str) -> String {
+        let o = self
+            .exec(&["cat", &format!("/sys/class/net/{iface}/{file}")])
+            .output()
+            .expect("running cat in the namespace");
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    }
+
+    /// `cmd` (program and arguments) run inside the namespace.
+    pub fn exec(&self, cmd: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(cmd);
+        c
+    }
+
+    /// `command` (built for the host) run inside the namespace instead.
+    pub fn wrap(&self, command: &Command) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name])
+            .arg(command.get_program())
+            .args(command.get_args());
+        c
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A scratch directory removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// A fresh directory named after `name` and this process.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("vireo-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+        Self(dir)
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+
+    /// A sparse raw disk image of `bytes` zero bytes.
+    pub fn disk(&self, name: &str, bytes: u64) -> PathBuf {
+        let path = self.path(name);
+        let file = std::fs::File::create(&path).expect("creating the disk image");
+        file.set_len(bytes).expect("sizing the disk image");
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Bytes of a disk sector.
+pub const SECTOR: usize = 512;
+
+/// What the guest's virtio-blk scenario writes to sector `lba`: the line
+/// `<pattern> lba <lba>\n` repeated and cut at 512 bytes.
+pub fn sector_pattern(pattern: &str, lba: u64) -> Vec<u8> {
+    let line = format!("{pattern} lba {lba}\n");
+    line.bytes().cycle().take(SECTOR).collect()
+}
+
+/// Checks, from the host side, that sectors `start..start + count` of the
+/// image hold the guest's pattern and the sector before is untouched.
+pub fn assert_pattern_in_file(path: &Path, pattern: &str, start: u64, count: u64) {
+    let bytes = std::fs::read(path).expect("reading the disk image back");
+    for lba in start..start + count {
+        let at = lba as usize * SECTOR;
+        assert_eq!(
+            bytes[at..at + SECTOR],
+            sector_pattern(pattern, lba)[..],
+            "sector {lba} of {} does not hold the guest's pattern",
+            path.display()
+        );
+    }
+    if start > 0 {
+        let before = (start as usize - 1) * SECTOR;
+        assert!(
+            bytes[before..before + SECTOR].iter().all(|&b| b == 0),
+            "sector {} (before the range) was written",
+            start - 1
+        );
+    }
+}

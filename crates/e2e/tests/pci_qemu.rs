@@ -9,12 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vireo_e2e::{kvm_or_skip, run, Finished};
+use vireo_e2e::{assert_pattern_in_file, kvm_or_skip, run, Finished, Scratch};
 
 /// QEMU's isa-debug-exit turns guest status v into exit code (v << 1) | 1.
 const QEMU_PASS: i32 = 1;
-const SECTOR: usize = 512;
-const DISK_BYTES: u64 = 8 << 20;
 
 fn qemu_binary() -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|path| {
@@ -34,29 +32,6 @@ fn ready(test: &str) -> Option<PathBuf> {
         return None;
     }
     qemu_binary()
-}
-
-/// A scratch directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("vireo-pci-qemu-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("creating a scratch directory");
-        Self(dir)
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Where COM1 goes: QEMU's stdout, or a file (when stdio carries hvc0 instead).
@@ -91,43 +66,6 @@ fn expect_pass(r: &Finished, what: &str) {
     assert_eq!(r.code, Some(QEMU_PASS), "{what} on QEMU\n{r}");
 }
 
-/// A raw disk image of DISK_BYTES zero bytes.
-fn disk(scratch: &Scratch, name: &str) -> PathBuf {
-    let path = scratch.path(name);
-    let file = std::fs::File::create(&path).expect("creating the disk image");
-    file.set_len(DISK_BYTES).expect("sizing the disk image");
-    path
-}
-
-/// What the guest's virtio-blk scenario writes to sector `lba`: the line
-/// `<pattern> lba <lba>\n` repeated and cut at 512 bytes.
-fn sector_pattern(pattern: &str, lba: u64) -> Vec<u8> {
-    let line = format!("{pattern} lba {lba}\n");
-    line.bytes().cycle().take(SECTOR).collect()
-}
-
-fn assert_pattern_in_file(path: &Path, pattern: &str, start: u64, count: u64) {
-    let bytes = std::fs::read(path).expect("reading the disk image back");
-    for lba in start..start + count {
-        let at = lba as usize * SECTOR;
-        assert_eq!(
-            bytes[at..at + SECTOR],
-            sector_pattern(pattern, lba)[..],
-            "sector {lba} of {} does not hold the guest's pattern",
-            path.display()
-        );
-    }
-    // The sectors around the range were not touched.
-    let before = (start as usize).saturating_sub(1) * SECTOR;
-    if start > 0 {
-        assert!(
-            bytes[before..before + SECTOR].iter().all(|&b| b == 0),
-            "sector {} (before the range) was written",
-            start - 1
-        );
-    }
-}
-
 fn blk_device(image: &Path, extra: &str) -> Vec<String> {
     vec![
         "-drive".into(),
@@ -146,8 +84,8 @@ fn pci_enumeration_assigns_bars_on_qemu_microvm() {
     let Some(qemu) = ready("pci_enumeration_assigns_bars_on_qemu_microvm") else {
         return;
     };
-    let scratch = Scratch::new("pci");
-    let image = disk(&scratch, "disk.img");
+    let scratch = Scratch::new("pci-qemu-pci");
+    let image = scratch.disk("disk.img", 8 << 20);
     let mut devices = blk_device(&image, "");
     devices.extend(
         [
@@ -211,8 +149,8 @@ fn virtio_blk_writes_reach_the_image_on_qemu() {
     let Some(qemu) = ready("virtio_blk_writes_reach_the_image_on_qemu") else {
         return;
     };
-    let scratch = Scratch::new("blk");
-    let image = disk(&scratch, "disk.img");
+    let scratch = Scratch::new("pci-qemu-blk");
+    let image = scratch.disk("disk.img", 8 << 20);
     let devices = blk_device(&image, ",discard=unmap");
     for (mode, pattern, start, count) in
         [("poll", "e2e-poll", 3, 20), ("msix", "e2e-msix", 1000, 64)]
@@ -278,8 +216,8 @@ fn virtio_rng_and_hostile_chains_on_qemu() {
 
     // Malformed chains: QEMU fails them or sets DEVICE_NEEDS_RESET (a few it carries out
     // leniently, which the spec allows); it must recover after a reset every time.
-    let scratch = Scratch::new("hostile");
-    let image = disk(&scratch, "disk.img");
+    let scratch = Scratch::new("pci-qemu-hostile");
+    let image = scratch.disk("disk.img", 8 << 20);
     let mut devices = blk_device(&image, "");
     devices.extend(rng.map(String::from));
     let r = run(
@@ -304,7 +242,7 @@ fn virtio_console_prints_and_echoes_on_hvc0_on_qemu() {
     let Some(qemu) = ready("virtio_console_prints_and_echoes_on_hvc0_on_qemu") else {
         return;
     };
-    let scratch = Scratch::new("console");
+    let scratch = Scratch::new("pci-qemu-console");
     let com1 = scratch.path("com1.log");
     // hvc0 (port 0 of the virtio-serial device) on QEMU's stdio, COM1 in a file.
     let devices = [

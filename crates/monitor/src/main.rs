@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vireo_api::device_args::DiskArg;
+use vireo_api::device_args::{DiskArg, NetArg, TapArg};
 use vireo_api::size::parse_size;
 use vireo_api::MonitorExit;
 use vireo_vmm::arch::x86_64::cpu_model::CpuModel;
 use vireo_vmm::arch::x86_64::cpuid::Topology;
-use vireo_vmm::config::{ConsoleDevice, DiskConfig};
+use vireo_vmm::config::{ConsoleDevice, DiskConfig, NetConfig, TapSource};
 use vireo_vmm::{Machine, SerialConfig, VmConfig};
 
 mod control;
@@ -77,6 +77,10 @@ struct Args {
     /// Repeat for more disks.
     #[arg(long, value_name = "SPEC")]
     disk: Vec<DiskArg>,
+    /// Add a virtio-net NIC on a TAP: tap=NAME|fd=N[,mac=ADDR][,queues=N].
+    /// Repeat for more NICs.
+    #[arg(long, value_name = "SPEC")]
+    net: Vec<NetArg>,
     /// Log level: error, warn, info, debug, trace (also VIREO_LOG).
     #[arg(long, env = "VIREO_LOG", default_value = "warn", value_name = "LEVEL", value_parser = parse_level)]
     log_level: log::LevelFilter,
@@ -189,6 +193,18 @@ fn main() -> ExitCode {
                 direct: d.direct,
                 serial: d.serial,
                 queues: d.queues,
+            })
+            .collect(),
+        nets: args
+            .net
+            .into_iter()
+            .map(|n| NetConfig {
+                tap: match n.tap {
+                    TapArg::Name(name) => TapSource::Name(name),
+                    TapArg::Fd(fd) => TapSource::Fd(fd),
+                },
+                mac: n.mac,
+                queues: n.queues,
             })
             .collect(),
     };

@@ -67,6 +67,26 @@ impl DiskConfig {
     }
 }
 
+/// Where a NIC's TAP comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapSource {
+    /// Open (or create) the TAP interface of this name.
+    Name(String),
+    /// Use this inherited descriptor, a TAP opened with IFF_VNET_HDR.
+    Fd(i32),
+}
+
+/// A virtio-net NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The TAP backend.
+    pub tap: TapSource,
+    /// MAC address (default: random, locally administered).
+    pub mac: Option<[u8; 6]>,
+    /// Queue pairs (a multi-queue TAP for more than one).
+    pub queues: u16,
+}
+
 /// One VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -99,6 +119,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// virtio-blk disks, in PCI slot order.
     pub disks: Vec<DiskConfig>,
+    /// virtio-net NICs, after the disks.
+    pub nets: Vec<NetConfig>,
 }
 
 /// Invalid configuration: the VM cannot be built.
@@ -147,6 +169,7 @@ impl VmConfig {
             console: ConsoleDevice::Serial,
             rng: false,
             disks: Vec::new(),
+            nets: Vec::new(),
         }
     }
 

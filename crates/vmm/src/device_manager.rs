@@ -5,6 +5,7 @@
 //! NVRAM, as on a real PC.
 
 use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VmFd;
@@ -15,16 +16,20 @@ use vireo_devices::pci::{PciAllocator, PciWindows, SharedPciDevice, Window};
 use vireo_devices::pm::{Pm1, ResetControl, PM1_BASE, PM1_LEN, RESET_PORT};
 use vireo_devices::rtc::{RamSize, Rtc, SystemClock, RTC_BASE, RTC_LEN};
 use vireo_devices::serial::{Serial, COM1_BASE, SERIAL_LEN};
+use vireo_devices::virtio::block::{Block, BlockConfig, BlockError};
 use vireo_devices::virtio::console::Console as VirtioConsole;
+use vireo_devices::virtio::net::tap::{Tap, TapError};
+use vireo_devices::virtio::net::{Net, NetConfig as NetDeviceConfig, NetError};
 use vireo_devices::virtio::pci::VirtioPciDevice;
 use vireo_devices::virtio::rng::Rng;
 use vireo_devices::virtio::VirtioDevice;
 use vireo_devices::GuestMemoryMmap;
 use vireo_devices::{Bus, Interrupt, VmControl};
+use vireo_disk::{QueueConfig, RawDisk, RawOptions};
 use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::config::{ConsoleDevice, VmConfig};
+use crate::config::{ConsoleDevice, DiskConfig, NetConfig, TapSource, VmConfig};
 use crate::console::SharedSink;
 use crate::memory::{
     MemoryLayout, PCI_ECAM_START, PCI_IO_SIZE, PCI_IO_START, PCI_LAST_BUS, PCI_MMIO32_SIZE,
@@ -64,6 +69,54 @@ impl Interrupt for IrqLine {
     }
 }
 
+/// Opens a disk image and builds its virtio-blk device.
+fn open_disk(index: usize, disk: &DiskConfig) -> Result<Block, DeviceError> {
+    let options = RawOptions {
+        read_only: disk.read_only,
+        direct: disk.direct,
+        serial: disk.serial.clone(),
+    };
+    let raw = RawDisk::open(&disk.path, &options)
+        .map_err(|source| DeviceError::Disk { index, source })?;
+    let config = BlockConfig {
+        num_queues: disk.queues,
+        io: QueueConfig {
+            name: format!("vd{}", (b'a' + (index % 26) as u8) as char),
+            ..QueueConfig::default()
+        },
+        serial: disk.serial.clone(),
+        ..BlockConfig::default()
+    };
+    Block::new(Arc::new(raw), config).map_err(|source| DeviceError::Block {
+        index,
+        path: disk.path.display().to_string(),
+        source,
+    })
+}
+
+/// Opens a NIC's TAP and builds its device.
+fn open_nic(index: usize, nic: &NetConfig) -> Result<Net, DeviceError> {
+    let taps = match &nic.tap {
+        TapSource::Name(name) => Tap::open_named(name, usize::from(nic.queues))
+            .map_err(|source| DeviceError::Tap { index, source })?,
+        TapSource::Fd(fd) => {
+            // SAFETY: F_GETFD only inspects the descriptor table.
+            if *fd < 0 || unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+                return Err(DeviceError::TapFd { index, fd: *fd });
+            }
+            // SAFETY: the descriptor is open and was handed to this process
+            // for the NIC (the --net fd=N contract); nothing else owns it.
+            let owned = unsafe { OwnedFd::from_raw_fd(*fd) };
+            vec![Tap::from_fd(owned).map_err(|source| DeviceError::Tap { index, source })?]
+        }
+    };
+    let config = NetDeviceConfig {
+        mac: nic.mac,
+        ..NetDeviceConfig::default()
+    };
+    Net::new(taps, config).map_err(|source| DeviceError::Net { index, source })
+}
+
 /// All devices of the machine.
 pub struct DeviceManager {
     /// Port I/O bus.
@@ -84,6 +137,53 @@ pub struct DeviceManager {
     irqs: Vec<Arc<IrqLine>>,
     /// The console sink COM1 (and a virtio-console) write to.
     sink: SharedSink,
+}
+
+/// Why a configured device cannot be created.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The NIC's TAP could not be opened or set up.
+    #[error("network device {index}")]
+    Tap {
+        index: usize,
+        #[source]
+        source: TapError,
+    },
+    /// An inherited TAP descriptor is not open.
+    #[error("network device {index}: fd {fd} is not an open descriptor")]
+    TapFd { index: usize, fd: i32 },
+    /// The NIC's parameters do not fit its TAP.
+    #[error("network device {index}")]
+    Net {
+        index: usize,
+        #[source]
+        source: NetError,
+    },
+    /// The disk image could not be opened.
+    #[error("disk {index}")]
+    Disk {
+        index: usize,
+        #[source]
+        source: vireo_disk::OpenError,
+    },
+    /// The disk's parameters do not fit, or its queues cannot start.
+    #[error("disk {index} ({path})")]
+    Block {
+        index: usize,
+        path: String,
+        #[source]
+        source: BlockError,
+    },
+    /// The monitor could not wire a device (resources, host limits).
+    #[error("setting up PCI devices")]
+    Io(#[from] std::io::Error),
+}
+
+impl DeviceError {
+    /// Whether the user's configuration (rather than the host) is at fault.
+    pub fn is_config(&self) -> bool {
+        !matches!(self, DeviceError::Io(_))
+    }
 }
 
 /// The windows the host bridge forwards (and ACPI describes).
@@ -176,8 +276,8 @@ impl DeviceManager {
     }
 
     /// Adds the PCI devices `config` asks for, in a fixed slot order: the
-    /// console, the entropy source, then the disks.
-    pub fn add_configured(&mut self, config: &VmConfig) -> std::io::Result<()> {
+    /// console, the entropy source, the disks, then the NICs.
+    pub fn add_configured(&mut self, config: &VmConfig) -> Result<(), DeviceError> {
         if config.console == ConsoleDevice::Virtio {
             let console = VirtioConsole::new(Box::new(self.sink.clone()));
             let dev = Arc::new(Mutex::new(self.wrap_virtio(console)?));
@@ -187,6 +287,16 @@ impl DeviceManager {
         if config.rng {
             let rng = self.wrap_virtio(Rng::new())?;
             self.add_pci(Arc::new(Mutex::new(rng)))?;
+        }
+        for (index, disk) in config.disks.iter().enumerate() {
+            let blk = open_disk(index, disk)?;
+            let blk = self.wrap_virtio(blk)?;
+            self.add_pci(Arc::new(Mutex::new(blk)))?;
+        }
+        for (index, nic) in config.nets.iter().enumerate() {
+            let net = open_nic(index, nic)?;
+            let net = self.wrap_virtio(net)?;
+            self.add_pci(Arc::new(Mutex::new(net)))?;
         }
         Ok(())
     }

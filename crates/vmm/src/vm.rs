@@ -61,6 +61,8 @@ pub enum VmError {
     MpTable(#[from] mptable::MpTableError),
     #[error(transparent)]
     Console(#[from] ConsoleError),
+    #[error(transparent)]
+    Device(#[from] crate::device_manager::DeviceError),
     #[error("{what}")]
     Io {
         what: &'static str,
@@ -74,6 +76,7 @@ impl VmError {
     pub fn exit(&self) -> MonitorExit {
         match self {
             VmError::Config(_) | VmError::Boot(_) | VmError::Console(_) => MonitorExit::Usage,
+            VmError::Device(d) if d.is_config() => MonitorExit::Usage,
             _ => MonitorExit::MonitorError,
         }
     }
@@ -223,9 +226,7 @@ impl Machine {
         let mut devices =
             DeviceManager::new(&layout, notifier.clone(), console.output, epoll.clone())
                 .map_err(io_err("creating devices"))?;
-        devices
-            .add_configured(&config)
-            .map_err(io_err("creating PCI devices"))?;
+        devices.add_configured(&config)?;
         vcpu::install_kick_handler()
             .map_err(|e| io_err("installing the vCPU kick handler")(e.into()))?;
         let handle = MachineHandle {

@@ -96,6 +96,16 @@ pub trait VirtioInterrupt: Send + Sync {
     fn set_needs_reset(&self);
 }
 
+/// Reads device configuration space held as bytes: `data` gets the bytes
+/// at `offset`, and 0 past the end.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    if let Some(src) = usize::try_from(offset).ok().and_then(|o| config.get(o..)) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
 /// Why a device could not go live.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ActivateError {

@@ -19,7 +19,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{Address, GuestAddress, GuestMemory, Permissions};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
 use super::{GuestMemoryMmap, Queue, VirtioInterrupt, VirtioInterruptType};
 use crate::guest_warn;
@@ -65,6 +65,10 @@ pub enum ChainError {
     /// total length past 4 GiB, or a descriptor table outside memory.
     #[error("descriptor chain at head {head} is broken (bad index, loop, bad indirect table or too long)")]
     Broken { head: u16 },
+    /// A descriptor has both INDIRECT and NEXT set (virtio 1.2, 2.7.5.3.1:
+    /// the driver must not).
+    #[error("descriptor chain at head {head} has a descriptor with both INDIRECT and NEXT")]
+    IndirectWithNext { head: u16 },
     /// A buffer lies (partly) outside guest memory.
     #[error("buffer {addr:#x}+{len:#x} is outside guest memory")]
     OutsideMemory { addr: u64, len: u32 },
@@ -128,6 +132,41 @@ where
         return Err(ChainError::Broken { head });
     }
     Ok(out)
+}
+
+/// Walks the direct part of a chain in the descriptor table and refuses a
+/// descriptor with both INDIRECT and NEXT, which `virtio-queue` would follow
+/// into the table, silently dropping the rest of the chain. Everything else
+/// (bad indexes, loops, tables outside memory) is left to the main walk.
+/// `table` and `size` are the queue's descriptor table and size.
+pub fn check_direct_links<M: GuestMemory>(
+    mem: &M,
+    table: GuestAddress,
+    size: u16,
+    head: u16,
+) -> Result<(), ChainError> {
+    const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+    const INDIRECT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+    let mut index = head;
+    for _ in 0..size {
+        if index >= size {
+            return Ok(());
+        }
+        let Some(at) = table.checked_add(u64::from(index) * 16) else {
+            return Ok(());
+        };
+        let mut raw = [0u8; 16];
+        if mem.read_slice(&mut raw, at).is_err() {
+            return Ok(());
+        }
+        let flags = u16::from_le_bytes([raw[12], raw[13]]);
+        match (flags & INDIRECT != 0, flags & NEXT != 0) {
+            (true, true) => return Err(ChainError::IndirectWithNext { head }),
+            (true, false) | (false, false) => return Ok(()),
+            (false, true) => index = u16::from_le_bytes([raw[14], raw[15]]),
+        }
+    }
+    Ok(())
 }
 
 /// Why a queue cannot be used any more.
@@ -227,10 +266,15 @@ impl ActiveQueues {
     /// Takes the next available chain of `q`, parsed.
     pub fn pop(&mut self, q: u16) -> Result<Option<Chain>, QueueError> {
         let (mem, queue) = self.parts(q)?;
+        let table = GuestAddress(queue.desc_table());
+        let size = queue.size();
         let mut iter = queue.iter(mem).map_err(QueueError::Ring)?;
         match iter.next() {
             None => Ok(None),
-            Some(chain) => Ok(Some(parse_chain(chain)?)),
+            Some(chain) => {
+                check_direct_links(mem, table, size, chain.head_index())?;
+                Ok(Some(parse_chain(chain)?))
+            }
         }
     }
 
@@ -338,8 +382,22 @@ mod tests {
         vq.avail().ring().ref_at(0).expect("in ring").store(head);
         vq.avail().idx().store(1);
         let mut q: Queue = vq.create_queue().expect("valid");
+        let table = GuestAddress(q.desc_table());
+        check_direct_links(&mem, table, 16, head)?;
         let chain = q.iter(&mem).expect("ready").next().expect("one chain");
         parse_chain(chain)
+    }
+
+    #[test]
+    fn indirect_with_next_is_refused() {
+        // virtio-queue would follow the table and drop descriptor 1.
+        assert_eq!(
+            parse(
+                &[(0x1000, 16, NEXT, 1), (0x8000, 32, INDIRECT | NEXT, 2)],
+                0
+            ),
+            Err(ChainError::IndirectWithNext { head: 0 })
+        );
     }
 
     #[test]
