@@ -94,7 +94,7 @@ const QEMU_EMULATED_HOST_CMDLINE: &str = "clearcpuid=xsave,popcnt,cx16,rdtscp,rd
 
 /// What a boot must show. Patterns may contain `{cpus}` (the run's vCPU
 /// count) and `{marker}` (a word the run put on the kernel command line).
-/// In boot order; extend here (PCI devices, virtio-blk root, DHCP, ...).
+/// In boot order; extend here (virtio-blk root, DHCP, ...).
 const EXPECTATIONS: &[Expect] = &[
     Expect {
         name: "kernel banner",
@@ -134,6 +134,21 @@ const EXPECTATIONS: &[Expect] = &[
     Expect {
         name: "memory size",
         rule: Rule::Custom(memory_size),
+        when: When::Always,
+    },
+    Expect {
+        name: "PCI: virtio-blk function found",
+        rule: Rule::Line(&["pci 0000:00:", "[1af4:1042]"]),
+        when: When::Always,
+    },
+    Expect {
+        name: "PCI: virtio-rng function found",
+        rule: Rule::Line(&["pci 0000:00:", "[1af4:1044]"]),
+        when: When::Always,
+    },
+    Expect {
+        name: "virtio-blk disk vda with its size",
+        rule: Rule::Line(&["virtio_blk", "[vda] 16384 512-byte logical blocks"]),
         when: When::Always,
     },
     Expect {
@@ -383,9 +398,14 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             if which_vmm == Vmm::Qemu && !user_space {
                 cmdline = format!("{cmdline} {QEMU_EMULATED_HOST_CMDLINE}");
             }
+            let disk = logs.join(format!("{}-{cpus}cpu.img", which_vmm.name()));
+            std::fs::File::create(&disk)
+                .and_then(|f| f.set_len(DISK_BYTES))
+                .with_context(|| format!("creating {}", disk.display()))?;
+            let (k, i) = (&kernel.vmlinux, &initrd);
             let cmd = match which_vmm {
-                Vmm::Vireo => vireo_cmd(&program, &kernel.vmlinux, &initrd, cpus, &cmdline),
-                Vmm::Qemu => qemu_cmd(&program, &kernel.vmlinux, &initrd, cpus, &cmdline),
+                Vmm::Vireo => vireo_cmd(&program, k, i, &disk, cpus, &cmdline),
+                Vmm::Qemu => qemu_cmd(&program, k, i, &disk, cpus, &cmdline),
             };
             let log = logs.join(format!("{}-{cpus}cpu.log", which_vmm.name()));
             let run = boot(which_vmm, cmd, cpus, marker, log, &opts)?;
@@ -411,8 +431,23 @@ fn find_qemu() -> anyhow::Result<PathBuf> {
         .context("--qemu: qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
 }
 
-fn vireo_cmd(vmm: &Path, kernel: &Path, initrd: &Path, cpus: u32, cmdline: &str) -> Command {
+/// The virtio disk both VMMs give the guest: 8 MiB, zeros.
+const DISK_BYTES: u64 = 8 << 20;
+/// Its GET_ID serial.
+const DISK_SERIAL: &str = "vireo-linux-disk";
+
+fn vireo_cmd(
+    vmm: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    disk: &Path,
+    cpus: u32,
+    cmdline: &str,
+) -> Command {
     let mut c = Command::new(vmm);
+    c.arg("--disk")
+        .arg(format!("{},serial={DISK_SERIAL}", disk.display()))
+        .arg("--rng");
     c.arg("--kernel")
         .arg(kernel)
         .arg("--initrd")
@@ -426,7 +461,14 @@ fn vireo_cmd(vmm: &Path, kernel: &Path, initrd: &Path, cpus: u32, cmdline: &str)
 /// QEMU with settings equivalent to Vireo's: microvm with ACPI, the legacy PC
 /// devices, PVH boot of the same vmlinux, a CPU model the emulating host can
 /// run (features hidden, Intel vendor against the FXSAVE_LEAK FNCLEX path).
-fn qemu_cmd(qemu: &Path, kernel: &Path, initrd: &Path, cpus: u32, cmdline: &str) -> Command {
+fn qemu_cmd(
+    qemu: &Path,
+    kernel: &Path,
+    initrd: &Path,
+    disk: &Path,
+    cpus: u32,
+    cmdline: &str,
+) -> Command {
     let mut cpu = String::from("host");
     for f in QEMU_HIDDEN_FEATURES {
         let _ = write!(cpu, ",-{f}");
@@ -435,9 +477,20 @@ fn qemu_cmd(qemu: &Path, kernel: &Path, initrd: &Path, cpus: u32, cmdline: &str)
     let mut c = Command::new(qemu);
     c.args([
         "-M",
-        "microvm,x-option-roms=off,rtc=on,isa-serial=on,pit=on,pic=on,acpi=on",
+        "microvm,x-option-roms=off,rtc=on,isa-serial=on,pit=on,pic=on,acpi=on,pcie=on",
     ])
     .args(["-accel", "kvm", "-cpu", &cpu, "-smp", &cpus.to_string()])
+    .arg("-drive")
+    .arg(format!(
+        "file={},if=none,id=d0,format=raw,aio=io_uring",
+        disk.display()
+    ))
+    .args([
+        "-device",
+        &format!("virtio-blk-pci,drive=d0,disable-legacy=on,serial={DISK_SERIAL}"),
+        "-device",
+        "virtio-rng-pci,disable-legacy=on",
+    ])
     .args(["-m", &format!("{MEMORY_MIB}M")])
     .args(["-nodefaults", "-no-user-config", "-nographic"])
     .args(["-serial", "stdio", "-no-reboot", "-kernel"])
