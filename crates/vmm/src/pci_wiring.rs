@@ -248,7 +248,15 @@ impl Wiring {
             Some(Watch::IoEvent { efd, device, token }) => {
                 // Reading resets the counter; several notifications coalesce.
                 let _ = efd.read();
-                vireo_devices::pci::lock_device(&device).ioevent(token);
+                let more = {
+                    let mut d = vireo_devices::pci::lock_device(&device);
+                    d.ioevent(token);
+                    d.ioevent_pending(token)
+                };
+                if more {
+                    // Served again after the events already waiting.
+                    let _ = efd.write(1);
+                }
             }
             Some(Watch::Host { device, token, .. }) => {
                 vireo_devices::pci::lock_device(&device).host_event(token);

@@ -315,6 +315,12 @@ pub trait PciDevice: Send {
     fn host_event(&mut self, token: u32) {
         let _ = token;
     }
+    /// Whether [`PciDevice::ioevent`] with `token` left work for later:
+    /// the caller calls it again after serving other events.
+    fn ioevent_pending(&self, token: u32) -> bool {
+        let _ = token;
+        false
+    }
     /// Returns the function to its power-on state (machine reset): decoding
     /// off, BARs back at their [`PciDevice::place_bar`] addresses.
     fn reset(&mut self) {}

@@ -158,6 +158,15 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// The driver notified queue `index`: serve every available buffer.
     fn process_queue(&mut self, index: u16);
+    /// Whether the last [`VirtioDevice::process_queue`] of `index` stopped
+    /// with chains left because its per-call budget ran out (fairness
+    /// between queues): the caller then calls it again after serving
+    /// others. Without that, the leftover chains could wait forever, since
+    /// with EVENT_IDX the driver need not notify about them again.
+    fn queue_has_more(&self, index: u16) -> bool {
+        let _ = index;
+        false
+    }
     /// Where to register the host file descriptors the device needs
     /// watched (see [`HostEvents`]). Called once, before activation, by a
     /// monitor that has an event loop; devices that have no such descriptors

@@ -190,6 +190,8 @@ pub struct ActiveQueues {
     queues: Vec<Queue>,
     interrupt: Arc<dyn VirtioInterrupt>,
     broken: bool,
+    /// Queues whose last drain stopped at its budget with chains left.
+    budget_spent: u64,
     name: &'static str,
     log: RateLimitedLog,
 }
@@ -207,6 +209,7 @@ impl ActiveQueues {
             queues,
             interrupt,
             broken: false,
+            budget_spent: 0,
             name,
             log: RateLimitedLog::default(),
         }
@@ -220,6 +223,12 @@ impl ActiveQueues {
     /// Whether the device gave up on the driver (needs reset).
     pub fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// Whether the last [`ActiveQueues::drain`] of `q` stopped at its budget
+    /// (see [`VirtioDevice::queue_has_more`](super::VirtioDevice::queue_has_more)).
+    pub fn budget_spent(&self, q: u16) -> bool {
+        q < 64 && self.budget_spent & (1 << q) != 0
     }
 
     /// Whether queue `q` exists, was enabled, and the device is not broken.
@@ -318,6 +327,8 @@ impl ActiveQueues {
         F: FnMut(&GuestMemoryMmap, &Chain) -> Result<u32, QueueError>,
     {
         let budget = 4 * usize::from(self.parts(q)?.1.size());
+        let bit = if q < 64 { 1u64 << q } else { 0 };
+        self.budget_spent &= !bit;
         let mut used = 0;
         'outer: loop {
             self.disable_notification(q)?;
@@ -326,6 +337,7 @@ impl ActiveQueues {
                 self.add_used(q, chain.head, len)?;
                 used += 1;
                 if used >= budget {
+                    self.budget_spent |= bit;
                     self.enable_notification(q)?;
                     break 'outer;
                 }

@@ -183,6 +183,9 @@ struct IoQueue {
     /// Chains may be available that were left (slots full, or the per-call
     /// budget spent): take them after the next completions.
     pending: bool,
+    /// The last `take` stopped at its per-call budget (not for want of
+    /// slots): the event loop should call again.
+    budget_spent: bool,
     /// Requests enqueued since the last submit.
     unsubmitted: bool,
     completions: Vec<Completion>,
@@ -320,6 +323,7 @@ impl IoQueue {
             watched: false,
             slots: Slots::default(),
             pending: false,
+            budget_spent: false,
             unsubmitted: false,
             completions: Vec::new(),
             iobufs: Vec::new(),
@@ -462,6 +466,7 @@ impl IoQueue {
         ctx: &Ctx<'_>,
     ) -> Result<usize, QueueError> {
         self.pending = false;
+        self.budget_spent = false;
         let budget = 4 * self.slots.cap.max(1);
         let mut taken = 0;
         let mut used = 0;
@@ -470,6 +475,7 @@ impl IoQueue {
             loop {
                 if self.slots.is_full() || taken >= budget {
                     self.pending = true;
+                    self.budget_spent = !self.slots.is_full();
                     active.enable_notification(q)?;
                     break 'outer;
                 }
@@ -977,6 +983,14 @@ impl VirtioDevice for Block {
 
     fn process_queue(&mut self, index: u16) {
         self.service(index, false);
+    }
+
+    fn queue_has_more(&self, index: u16) -> bool {
+        self.active.is_some()
+            && self
+                .io
+                .get(usize::from(index))
+                .is_some_and(|io| io.budget_spent)
     }
 
     fn set_host_events(&mut self, events: Arc<dyn HostEvents>) {

@@ -256,6 +256,10 @@ impl VirtioDevice for Console {
         self.active = None;
     }
 
+    fn queue_has_more(&self, index: u16) -> bool {
+        self.active.as_ref().is_some_and(|a| a.budget_spent(index))
+    }
+
     fn process_queue(&mut self, index: u16) {
         if !self.active.as_ref().is_some_and(|a| a.usable(index)) {
             return;

@@ -468,6 +468,10 @@ impl<D: VirtioDevice> PciDevice for VirtioPciDevice<D> {
         }
     }
 
+    fn ioevent_pending(&self, token: u32) -> bool {
+        self.active && u16::try_from(token).is_ok_and(|q| self.device.queue_has_more(q))
+    }
+
     fn set_dma_memory(&mut self, mem: GuestMemoryMmap) {
         self.set_guest_memory(mem);
     }

@@ -153,6 +153,10 @@ impl VirtioDevice for Rng {
         self.active = None;
     }
 
+    fn queue_has_more(&self, index: u16) -> bool {
+        self.active.as_ref().is_some_and(|a| a.budget_spent(index))
+    }
+
     fn process_queue(&mut self, index: u16) {
         let Some(active) = self.active.as_mut() else {
             return;
