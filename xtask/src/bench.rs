@@ -1,5 +1,8 @@
 //! Benchmarks: Vireo against the reference, side by side in one run.
 //!
+//! `bench blk` and `bench net` (virtio-blk and virtio-net throughput against host fio
+//! and QEMU) live in bench_blk.rs and bench_net.rs.
+//!
 //! `bench boot`: spawn the monitor with the test guest (`scenario=wait`), time
 //! to the guest's ready line, read the monitor's RSS without guest RAM while the
 //! guest idles, then let it finish. Separately, time a whole `scenario=hello`
@@ -18,6 +21,11 @@ use crate::{cargo, workspace_root};
 const MEMORY_MIB: u64 = 128;
 
 pub fn main(args: &[String]) -> anyhow::Result<()> {
+    match args.first().map(String::as_str) {
+        Some("blk") => return crate::bench_blk::main(&args[1..]),
+        Some("net") => return crate::bench_net::main(&args[1..]),
+        _ => {}
+    }
     let mut runs = 10usize;
     let mut what = None;
     let mut i = 0;
@@ -38,7 +46,11 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     }
     match what.as_deref() {
         Some("boot") => boot(runs.max(1)),
-        _ => bail!("usage: cargo xtask bench boot [--runs N]"),
+        _ => bail!(
+            "usage: cargo xtask bench boot [--runs N]\n\
+             usage: cargo xtask bench blk [--secs N] [--size 1G] [--seq-qd N] [--tests LIST]\n\
+             usage: cargo xtask bench net [--secs N] [--frames 64,1514]"
+        ),
     }
 }
 
@@ -53,7 +65,7 @@ struct Sample {
     guest_kib: u64,
 }
 
-fn backend() -> &'static str {
+pub(crate) fn backend() -> &'static str {
     if Path::new("/sys/module/kvm_pvm").exists() {
         "kvm_pvm (guest kernel code emulated)"
     } else {
@@ -173,7 +185,7 @@ fn medians(s: &[Sample]) -> Sample {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())

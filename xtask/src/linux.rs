@@ -988,6 +988,9 @@ mod tests {
         "[    0.500000] ACPI: Interpreter enabled",
         "[    0.100000] smp: Brought up 1 node, 2 CPUs",
         "[    0.200000] Memory: 216012K/261624K available (4096K kernel code)",
+        "[    2.000000] pci 0000:00:01.0: [1af4:1044] type 00 class 0x00ff00 conventional PCI endpoint",
+        "[    2.100000] pci 0000:00:02.0: [1af4:1042] type 00 class 0x010000 conventional PCI endpoint",
+        "[    8.000000] virtio_blk virtio1: [vda] 16384 512-byte logical blocks (8.39 MB/8.00 MiB)",
         "[    9.000000] Run /init as init process",
     ];
 

@@ -5,6 +5,11 @@
 //! - `cargo xtask ci`: format check, clippy, the whole test suite (exactly CI).
 //! - `cargo xtask bench boot [--runs N]`: boot time and monitor overhead,
 //!   Vireo against QEMU on the same test guest.
+//! - `cargo xtask bench blk [--secs N] [--size 1G]`: virtio-blk IOPS and MB/s
+//!   (4 KiB random at queue depth 1 and 32, 1 MiB sequential), host fio against
+//!   QEMU against Vireo on one image.
+//! - `cargo xtask bench net [--secs N]`: virtio-net transmit packets/s and Gb/s
+//!   into a TAP, QEMU against Vireo (needs root for the TAP devices).
 //! - `cargo xtask guest-kernel` / `initramfs`: build the Linux test guest's
 //!   kernel and initramfs into a cache outside the repository.
 //! - `cargo xtask test-linux [--cpus 1,2] [--timeout SECS] [--qemu]`: the slow,
@@ -15,6 +20,9 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 mod bench;
+mod bench_blk;
+mod bench_net;
+mod bench_vm;
 mod guest_assets;
 mod linux;
 
@@ -30,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         _ => {
             eprintln!(
                 "usage: cargo xtask run [vireo run options] | ci | bench boot [--runs N]\n\
+                 usage: cargo xtask bench blk [--secs N] [--size 1G] | bench net [--secs N]\n\
                  usage: cargo xtask guest-kernel [--force] | initramfs [--force]\n\
                  usage: cargo xtask test-linux [--cpus 1,2] [--timeout SECS] [--qemu] [--quiet]"
             );

@@ -26,5 +26,7 @@ scenarios! {
     ("virtio-console", virtio_misc::console, "prints 'virtio-console: hello' on port 0 (hvc0); echo=1: reads a line there and echoes it"),
     ("virtio-net", virtio_misc::net, "prints MAC and link, sends an ARP request for peer= (10.0.2.2) from ip= (10.0.2.15) and, with ping=1 (default), an ICMP echo; waits for the replies"),
     ("virtio-hostile", virtio_hostile::hostile, "posts malformed chains to virtio-blk (loops, bad indexes and addresses, wrong directions, zero/oversized buffers, bad indirect tables), reports what the device did per case, checks it recovers after a reset and virtio-rng still works; strict=1 fails on unexpected outcomes"),
+    ("bench-blk", bench::bench_blk, "benchmark, polled: 4 KiB random read/write IOPS at queue depth 1 and 32, 1 MiB sequential read/write MB/s (seq_qd=8) on the first virtio-blk; secs= (2) per test, size= (whole disk), tests=randread1,randread32,randwrite1,randwrite32,seqread,seqwrite"),
+    ("bench-net", bench::bench_net, "benchmark, polled: UDP transmit on the first virtio-net as fast as the ring allows, frames=64,1514 bytes each for secs= (2), to peer_mac= (broadcast) / peer= (10.0.2.2) from ip= (10.0.2.15); prints a begin line settle_ms= (200) before each run"),
     ("acpi", acpi::acpi, "finds the RSDP, checks every ACPI table's bounds, checksum and place in the memory map, the MADT against cpus=N and the FADT (sci=, pm1a_evt=, pm1a_cnt=, reset=, reset_value=) and DSDT; scan=1: the RSDP must also be in 0xe0000-0xfffff"),
 }

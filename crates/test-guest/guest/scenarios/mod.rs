@@ -2,6 +2,7 @@
 
 mod acpi;
 mod basic;
+mod bench;
 mod mem;
 mod pci_enum;
 mod power;

@@ -107,7 +107,7 @@ pub fn console(ctx: &mut Ctx) -> Result<(), Fail> {
 }
 
 /// Parses a dotted IPv4 address.
-fn ipv4(key: &str, text: &str) -> Result<[u8; 4], Fail> {
+pub(super) fn ipv4(key: &str, text: &str) -> Result<[u8; 4], Fail> {
     let mut out = [0u8; 4];
     let mut parts = text.split('.');
     for slot in &mut out {
@@ -120,7 +120,7 @@ fn ipv4(key: &str, text: &str) -> Result<[u8; 4], Fail> {
     Ok(out)
 }
 
-fn mac_text(mac: &[u8]) -> String {
+pub(super) fn mac_text(mac: &[u8]) -> String {
     let parts: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
     parts.join(":")
 }
@@ -151,7 +151,7 @@ fn arp(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u
 }
 
 /// The Internet checksum (RFC 1071).
-fn checksum(bytes: &[u8]) -> u16 {
+pub(super) fn checksum(bytes: &[u8]) -> u16 {
     let mut sum: u32 = bytes
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
