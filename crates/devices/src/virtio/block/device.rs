@@ -32,6 +32,9 @@ pub const MAX_DISCARD_SECTORS: u32 = 1 << 21;
 /// Most sectors of one write-zeroes (1 GiB), for the same reason (a file
 /// system without zero-range support gets zeros written).
 pub const MAX_WRITE_ZEROES_SECTORS: u32 = 1 << 21;
+/// Most bytes of one disk request made by merging contiguous reads (or
+/// writes) of a batch; a single larger request is never split.
+pub const MAX_MERGE_BYTES: u64 = 4 << 20;
 
 /// Device feature bits.
 pub mod features {
@@ -103,26 +106,37 @@ pub enum BlockError {
     },
 }
 
-/// A request handed to the disk, by slot id.
+/// One virtio request (chain) completed by a disk request.
 #[derive(Debug, Clone, Copy)]
-struct InFlight {
+struct Member {
     head: u16,
     status: GuestAddress,
     /// Used length on success: data read plus the status byte.
     used_len: u32,
+}
+
+/// A disk request in flight: the chains it completes (several when
+/// contiguous requests were merged), in the order they were taken.
+#[derive(Debug, Default)]
+struct InFlight {
+    live: bool,
     /// Write-through: follow a successful write with a flush before
     /// completing it (the driver did not negotiate FLUSH).
     flush_after: bool,
+    /// Kept (emptied) when the slot is freed, so that its allocation is
+    /// reused.
+    members: Vec<Member>,
 }
 
 /// Requests in flight on one queue, keyed by a slot id that goes to the
-/// disk as the request id. Holds at most `cap` (the queue size: a ring
-/// cannot have more chains outstanding).
+/// disk as the request id. Holds at most `cap` chains (the queue size: a
+/// ring cannot have more chains outstanding), however they are merged.
 #[derive(Debug, Default)]
 struct Slots {
-    entries: Vec<Option<InFlight>>,
+    entries: Vec<InFlight>,
     free: Vec<u32>,
     cap: usize,
+    /// Chains in flight (members of live entries).
     len: usize,
 }
 
@@ -135,39 +149,60 @@ impl Slots {
         self.len = 0;
     }
 
-    fn is_full(&self) -> bool {
-        self.len >= self.cap
-    }
-
-    fn insert(&mut self, r: InFlight) -> Option<u64> {
-        if self.is_full() {
+    /// Inserts a disk request completing `members` (at least one).
+    fn insert(
+        &mut self,
+        members: impl ExactSizeIterator<Item = Member>,
+        flush_after: bool,
+    ) -> Option<u64> {
+        let n = members.len();
+        if n == 0 || self.len + n > self.cap {
             return None;
         }
         let index = match self.free.pop() {
             Some(i) => i as usize,
             None => {
-                self.entries.push(None);
+                self.entries.push(InFlight::default());
                 self.entries.len() - 1
             }
         };
-        self.entries[index] = Some(r);
-        self.len += 1;
+        let e = &mut self.entries[index];
+        e.live = true;
+        e.flush_after = flush_after;
+        e.members.clear();
+        e.members.extend(members);
+        self.len += n;
         Some(index as u64)
     }
 
     fn get_mut(&mut self, id: u64) -> Option<&mut InFlight> {
         let i = usize::try_from(id).ok()?;
-        self.entries.get_mut(i)?.as_mut()
+        self.entries.get_mut(i).filter(|e| e.live)
     }
 
-    fn remove(&mut self, id: u64) -> Option<InFlight> {
+    /// Frees slot `id`; returns the chains it completes (valid until the
+    /// next insert).
+    fn remove(&mut self, id: u64) -> Option<&[Member]> {
         let i = usize::try_from(id).ok()?;
-        let r = self.entries.get_mut(i)?.take()?;
+        let e = self.entries.get_mut(i).filter(|e| e.live)?;
+        e.live = false;
         // i < entries.len() <= cap <= 32768.
         self.free.push(i as u32);
-        self.len -= 1;
-        Some(r)
+        self.len -= e.members.len();
+        Some(&e.members)
     }
+}
+
+/// A read or write taken from the ring, waiting for the end of its batch
+/// to be merged with its neighbours and handed to the disk.
+#[derive(Debug, Clone, Copy)]
+struct Batched {
+    member: Member,
+    write: bool,
+    offset: u64,
+    len: u64,
+    /// Its host buffers: `IoQueue::batch_bufs[bufs.0..bufs.1]`.
+    bufs: (usize, usize),
 }
 
 /// One virtqueue's disk side.
@@ -189,7 +224,11 @@ struct IoQueue {
     /// Requests enqueued since the last submit.
     unsubmitted: bool,
     completions: Vec<Completion>,
-    iobufs: Vec<IoBuf>,
+    /// Reads and writes of the batch being taken, in ring order.
+    batch: Vec<Batched>,
+    /// Their host buffers, in the same order (a run of contiguous batched
+    /// requests has contiguous buffers here).
+    batch_bufs: Vec<IoBuf>,
 }
 
 /// What the request path needs besides one queue.
@@ -198,20 +237,14 @@ struct Ctx<'a> {
     serial: &'a DiskSerial,
     log: &'a RateLimitedLog,
     write_through: bool,
+    /// Most host buffers of one merged read or write.
+    max_buffers: usize,
 }
 
 /// Whether a chain went to the disk or was used at once.
 enum Started {
     Async,
     Used,
-}
-
-/// A chain to complete at once.
-struct Done {
-    head: u16,
-    status_addr: GuestAddress,
-    status: u8,
-    used_len: u32,
 }
 
 /// The `QueueError` a malformed request becomes (the device needs reset).
@@ -326,7 +359,8 @@ impl IoQueue {
             budget_spent: false,
             unsubmitted: false,
             completions: Vec::new(),
-            iobufs: Vec::new(),
+            batch: Vec::new(),
+            batch_bufs: Vec::new(),
         }
     }
 
@@ -403,29 +437,27 @@ impl IoQueue {
                 self.slots.remove(c.id);
                 continue;
             }
-            result = self
-                .finish_one(active, q, ctx, c)
-                .map(|u| used += usize::from(u));
+            result = self.finish_one(active, q, ctx, c).map(|n| used += n);
         }
         self.completions = completions;
         result.map(|()| used)
     }
 
-    /// Completes one request (or starts its write-through flush); returns
-    /// whether its chain was used.
+    /// Completes one disk request: every chain it stands for (or starts
+    /// its write-through flush); returns how many chains were used.
     fn finish_one(
         &mut self,
         active: &mut ActiveQueues,
         q: u16,
         ctx: &Ctx<'_>,
         c: Completion,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<usize, QueueError> {
         let Some(slot) = self.slots.get_mut(c.id) else {
             log::error!(
                 "virtio-blk: queue {q}: completion for unknown request {}",
                 c.id
             );
-            return Ok(false);
+            return Ok(0);
         };
         let mut status = match &c.result {
             Ok(_) => status::OK,
@@ -437,29 +469,49 @@ impl IoQueue {
             match disk.enqueue(c.id, Request::Flush) {
                 Ok(()) => {
                     self.unsubmitted = true;
-                    return Ok(false);
+                    return Ok(0);
                 }
                 Err(e) => status = error_status(ctx.log, &e),
             }
         }
-        let Some(slot) = self.slots.remove(c.id) else {
-            return Ok(false);
+        let Some(members) = self.slots.remove(c.id) else {
+            return Ok(0);
         };
-        let used_len = if status == status::OK {
-            slot.used_len
-        } else {
-            1
-        };
-        write_status(active.memory(), ctx.log, slot.head, slot.status, status)?;
-        active.add_used(q, slot.head, used_len)?;
-        Ok(true)
+        for m in members {
+            let used_len = if status == status::OK { m.used_len } else { 1 };
+            write_status(active.memory(), ctx.log, m.head, m.status, status)?;
+            active.add_used(q, m.head, used_len)?;
+        }
+        Ok(members.len())
+    }
+
+    /// Whether no more chains may be taken: those in flight and those
+    /// batched fill the queue.
+    fn is_full(&self) -> bool {
+        self.slots.len + self.batch.len() >= self.slots.cap
     }
 
     /// Takes available chains (notifications off meanwhile, then on and a
     /// last look, as [`ActiveQueues::drain`] does), while slots are free and
-    /// at most `4 * queue size` per call. Returns how many chains were used
-    /// at once (the rest went to the disk).
+    /// at most `4 * queue size` per call. Reads and writes are batched and
+    /// merged (see [`Self::start_batch`]); any other request first starts
+    /// the batch before it, so nothing is reordered across it. Returns how
+    /// many chains were used at once (the rest went to the disk).
     fn take(
+        &mut self,
+        active: &mut ActiveQueues,
+        q: u16,
+        ctx: &Ctx<'_>,
+    ) -> Result<usize, QueueError> {
+        self.batch.clear();
+        self.batch_bufs.clear();
+        let result = self.take_batches(active, q, ctx);
+        self.batch.clear();
+        self.batch_bufs.clear();
+        result
+    }
+
+    fn take_batches(
         &mut self,
         active: &mut ActiveQueues,
         q: u16,
@@ -473,9 +525,9 @@ impl IoQueue {
         'outer: loop {
             active.disable_notification(q)?;
             loop {
-                if self.slots.is_full() || taken >= budget {
+                if self.is_full() || taken >= budget {
                     self.pending = true;
-                    self.budget_spent = !self.slots.is_full();
+                    self.budget_spent = !self.is_full();
                     active.enable_notification(q)?;
                     break 'outer;
                 }
@@ -485,19 +537,132 @@ impl IoQueue {
                 taken += 1;
                 let req = request::parse(&chain, active.memory(), ctx.limits)
                     .map_err(|e| malformed(ctx.log, &e))?;
-                if let Started::Used = self.start(active, q, ctx, req)? {
-                    used += 1;
+                let (write, offset, len, data) = match &req.command {
+                    Command::Read { offset, len, data } if *len > 0 => (false, *offset, *len, data),
+                    Command::Write { offset, len, data } if *len > 0 => (true, *offset, *len, data),
+                    _ => {
+                        used += self.start_batch(active, q, ctx)?;
+                        if let Started::Used = self.start(active, q, ctx, req)? {
+                            used += 1;
+                        }
+                        continue;
+                    }
+                };
+                let first = self.batch_bufs.len();
+                for b in data {
+                    guest_iobufs(active.memory(), req.head, b, &mut self.batch_bufs)
+                        .map_err(|e| malformed(ctx.log, &e))?;
                 }
+                let used_len = if write {
+                    1
+                } else {
+                    // A chain is less than 4 GiB (virtio-queue stops there).
+                    u32::try_from(len + 1).unwrap_or(u32::MAX)
+                };
+                self.batch.push(Batched {
+                    member: Member {
+                        head: req.head,
+                        status: req.status,
+                        used_len,
+                    },
+                    write,
+                    offset,
+                    len,
+                    bufs: (first, self.batch_bufs.len()),
+                });
             }
             if !active.enable_notification(q)? {
                 break;
             }
         }
+        used += self.start_batch(active, q, ctx)?;
         Ok(used)
     }
 
-    /// Starts one request: at once (GET_ID, refusals, empty transfers) or
-    /// on the disk.
+    /// Hands the batched reads and writes to the disk, each run of
+    /// same-direction requests whose byte ranges follow each other as one
+    /// request of at most [`MAX_MERGE_BYTES`] (unless a single request is
+    /// larger) and `ctx.max_buffers` buffers. Returns how many chains were
+    /// used at once (the disk refused their request).
+    fn start_batch(
+        &mut self,
+        active: &mut ActiveQueues,
+        q: u16,
+        ctx: &Ctx<'_>,
+    ) -> Result<usize, QueueError> {
+        let mut used = 0;
+        let mut i = 0;
+        let n = self.batch.len();
+        while i < n {
+            let first = self.batch[i];
+            let mut end = i + 1;
+            let mut bytes = first.len;
+            while let Some(b) = self.batch.get(end) {
+                // Offsets and lengths lie within the disk: no overflow.
+                if b.write != first.write
+                    || b.offset != first.offset + bytes
+                    || bytes + b.len > MAX_MERGE_BYTES
+                    || b.bufs.1 - first.bufs.0 > ctx.max_buffers
+                {
+                    break;
+                }
+                bytes += b.len;
+                end += 1;
+            }
+            let run = i..end;
+            i = end;
+            let Some(status) = self.enqueue_run(ctx, run.clone()) else {
+                continue;
+            };
+            for b in &self.batch[run] {
+                let m = b.member;
+                write_status(active.memory(), ctx.log, m.head, m.status, status)?;
+                active.add_used(q, m.head, 1)?;
+                used += 1;
+            }
+        }
+        self.batch.clear();
+        self.batch_bufs.clear();
+        Ok(used)
+    }
+
+    /// Hands batched requests `run` (same direction, contiguous) to the
+    /// disk as one request. Returns `None` if it went, or the status to
+    /// complete them with at once if the disk refused it.
+    fn enqueue_run(&mut self, ctx: &Ctx<'_>, run: std::ops::Range<usize>) -> Option<u8> {
+        let Some(disk) = self.disk.as_mut() else {
+            return Some(status::IOERR);
+        };
+        let members = &self.batch[run];
+        let (first, last) = (members.first()?, members.last()?);
+        let bufs = &self.batch_bufs[first.bufs.0..last.bufs.1];
+        let offset = first.offset;
+        let (request, flush_after) = if first.write {
+            (Request::Write { offset, bufs }, ctx.write_through)
+        } else {
+            (Request::Read { offset, bufs }, false)
+        };
+        let Some(id) = self
+            .slots
+            .insert(members.iter().map(|b| b.member), flush_after)
+        else {
+            // take() checked for room; never reached.
+            return Some(status::IOERR);
+        };
+        match disk.enqueue(id, request) {
+            Ok(()) => {
+                self.unsubmitted = true;
+                None
+            }
+            Err(e) => {
+                self.slots.remove(id);
+                Some(error_status(ctx.log, &e))
+            }
+        }
+    }
+
+    /// Starts one request other than a non-empty read or write: at once
+    /// (GET_ID, refusals, empty transfers) or on the disk.
     fn start(
         &mut self,
         active: &mut ActiveQueues,
@@ -510,97 +675,65 @@ impl IoQueue {
             status: status_addr,
             command,
         } = req;
-        let done = |status, used_len| Done {
-            head,
-            status_addr,
-            status,
-            used_len,
+        let now = |active: &mut ActiveQueues, status, used_len| {
+            write_status(active.memory(), ctx.log, head, status_addr, status)?;
+            active.add_used(q, head, used_len)?;
+            Ok(Started::Used)
         };
-        let now = match command {
+        let request = match command {
+            Command::Flush => Request::Flush,
+            Command::Discard { offset, len } => Request::Discard { offset, len },
+            Command::WriteZeroes { offset, len, unmap } => {
+                Request::WriteZeroes { offset, len, unmap }
+            }
             Command::Refused(why) => {
                 // The guest sees the error; it is not the host's concern.
                 guest_debug!(ctx.log, "virtio-blk: queue {q}: {why}");
-                done(why.status(), 1)
+                return now(active, why.status(), 1);
             }
             Command::GetId { data } => {
                 let n = write_id(active.memory(), ctx.log, head, ctx.serial, &data)?;
-                done(status::OK, n + 1)
+                return now(active, status::OK, n + 1);
             }
-            Command::Read { len: 0, .. } | Command::Write { len: 0, .. } => done(status::OK, 1),
-            command => match self.enqueue(active.memory(), ctx, head, status_addr, command)? {
-                Some(status) => done(status, 1),
-                None => return Ok(Started::Async),
-            },
+            // take() batches the non-empty ones.
+            Command::Read { .. } | Command::Write { .. } => return now(active, status::OK, 1),
         };
-        write_status(
-            active.memory(),
-            ctx.log,
-            now.head,
-            now.status_addr,
-            now.status,
-        )?;
-        active.add_used(q, now.head, now.used_len)?;
-        Ok(Started::Used)
+        match self.enqueue(ctx, head, status_addr, request) {
+            None => Ok(Started::Async),
+            Some(status) => now(active, status, 1),
+        }
     }
 
-    /// Hands a read, write, flush, discard or write-zeroes to the disk.
-    /// Returns `None` if it went, or the status to complete it with at once
-    /// if the disk refused it.
+    /// Hands a flush, discard or write-zeroes to the disk. Returns `None`
+    /// if it went, or the status to complete it with at once if the disk
+    /// refused it.
     fn enqueue(
         &mut self,
-        mem: &GuestMemoryMmap,
         ctx: &Ctx<'_>,
         head: u16,
         status_addr: GuestAddress,
-        command: Command,
-    ) -> Result<Option<u8>, QueueError> {
+        request: Request<'_>,
+    ) -> Option<u8> {
         let Some(disk) = self.disk.as_mut() else {
-            return Ok(Some(status::IOERR));
+            return Some(status::IOERR);
         };
-        self.iobufs.clear();
-        let add_bufs = |data: &[GuestBuffer], iobufs: &mut Vec<IoBuf>| {
-            data.iter()
-                .try_for_each(|b| guest_iobufs(mem, head, b, iobufs))
-                .map_err(|e| malformed(ctx.log, &e))
-        };
-        let (request, used_len, flush_after) = match command {
-            Command::Read { offset, len, data } => {
-                add_bufs(&data, &mut self.iobufs)?;
-                // A chain is less than 4 GiB (virtio-queue stops there).
-                let used_len = u32::try_from(len + 1).unwrap_or(u32::MAX);
-                let bufs = &self.iobufs;
-                (Request::Read { offset, bufs }, used_len, false)
-            }
-            Command::Write { offset, data, .. } => {
-                add_bufs(&data, &mut self.iobufs)?;
-                let bufs = &self.iobufs;
-                (Request::Write { offset, bufs }, 1, ctx.write_through)
-            }
-            Command::Flush => (Request::Flush, 1, false),
-            Command::Discard { offset, len } => (Request::Discard { offset, len }, 1, false),
-            Command::WriteZeroes { offset, len, unmap } => {
-                (Request::WriteZeroes { offset, len, unmap }, 1, false)
-            }
-            // Not disk requests: start() completes them.
-            Command::GetId { .. } | Command::Refused(_) => return Ok(Some(status::IOERR)),
-        };
-        let Some(id) = self.slots.insert(InFlight {
+        let member = Member {
             head,
             status: status_addr,
-            used_len,
-            flush_after,
-        }) else {
+            used_len: 1,
+        };
+        let Some(id) = self.slots.insert(std::iter::once(member), false) else {
             // take() checked for room; never reached.
-            return Ok(Some(status::IOERR));
+            return Some(status::IOERR);
         };
         match disk.enqueue(id, request) {
             Ok(()) => {
                 self.unsubmitted = true;
-                Ok(None)
+                None
             }
             Err(e) => {
                 self.slots.remove(id);
-                Ok(Some(error_status(ctx.log, &e)))
+                Some(error_status(ctx.log, &e))
             }
         }
     }
@@ -793,6 +926,7 @@ impl Block {
             serial: &self.serial,
             log: &self.log,
             write_through: self.write_through,
+            max_buffers: self.info.max_buffers.clamp(1, vireo_disk::MAX_BUFFERS),
         };
         if let Err(e) = io.service(active, q, &ctx, reap) {
             active.fail(q, &e);
@@ -836,6 +970,8 @@ impl Block {
             }
         }
         io.completions.clear();
+        io.batch.clear();
+        io.batch_bufs.clear();
         io.slots.reset(0);
         io.pending = false;
         io.unsubmitted = false;

@@ -17,6 +17,13 @@
 //!   buffers to the disk without copying, and submits once; completions are
 //!   reaped when the disk queue's completion fd becomes readable. At most
 //!   queue-size requests per queue are in flight.
+//! - Within one batch (the chains taken for one notification), runs of
+//!   reads, or of writes, whose byte ranges follow each other in ring order
+//!   go to the disk as one request (as QEMU's `virtio_blk_submit_multireq`
+//!   does), up to [`MAX_MERGE_BYTES`] and the disk's
+//!   [`max_buffers`](vireo_disk::DiskInfo::max_buffers); each of its chains
+//!   completes with its status. Flush, discard, write-zeroes and get-id are
+//!   never merged and nothing is merged or reordered across them.
 //! - A driver that does not negotiate FLUSH gets write-through semantics:
 //!   each write is followed by a flush before it completes.
 //!
@@ -41,6 +48,6 @@ mod tests;
 
 pub use device::{
     features, Block, BlockConfig, BlockError, BLOCK_QUEUE_SIZE, CONFIG_SIZE, MAX_DISCARD_SECTORS,
-    MAX_QUEUES, MAX_WRITE_ZEROES_SECTORS,
+    MAX_MERGE_BYTES, MAX_QUEUES, MAX_WRITE_ZEROES_SECTORS,
 };
 pub use request::SECTOR_SIZE;
