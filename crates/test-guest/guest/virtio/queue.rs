@@ -107,7 +107,8 @@ pub struct Virtqueue {
     /// `next_avail` at the last notification (for EVENT_IDX).
     notified_at: u16,
     /// MSI-X bookkeeping of `Transport::wait_used`: the vector's count when last seen, and
-    /// the used index read right after that interrupt (entries below it were signalled).
+    /// the used index read right after that interrupt or after used_event last moved
+    /// (entries below it need no further interrupt).
     pub(super) irq_seen: u32,
     pub(super) used_at_irq: u16,
     /// Notifications written / skipped because the device said it did not need them.
@@ -452,7 +453,8 @@ impl Virtqueue {
         Self::read16(self.used + 2)
     }
 
-    /// Whether the next used entry was published before the last interrupt was taken.
+    /// Whether the next used entry was published before the last interrupt was taken, or
+    /// before the driver last moved used_event (then the device owes no interrupt for it).
     pub(super) fn next_signalled(&self) -> bool {
         (self.used_at_irq.wrapping_sub(self.last_used) as i16) > 0
     }
@@ -481,6 +483,14 @@ impl Virtqueue {
         };
         if self.event_idx {
             Self::write16(self.avail + 4 + 2 * u64::from(self.size), self.last_used);
+            // Entries the device published before it could see this used_event owe no
+            // interrupt (virtio 1.2, 2.7.10: the driver looks at the ring again instead);
+            // only those published after it do. The fence orders the write before the read.
+            fence(Ordering::SeqCst);
+            let idx = self.used_idx();
+            if (idx.wrapping_sub(self.used_at_irq) as i16) > 0 {
+                self.used_at_irq = idx;
+            }
         }
         Some(Used { id, len, known })
     }
