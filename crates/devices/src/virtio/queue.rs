@@ -330,8 +330,14 @@ impl ActiveQueues {
         let bit = if q < 64 { 1u64 << q } else { 0 };
         self.budget_spent &= !bit;
         let mut used = 0;
+        // A pass that finds nothing although enable_notification said there
+        // was something happens when the driver overlaps its rings (the used
+        // ring's flags on the avail index): give up after one such retry
+        // instead of looping forever.
+        let mut empty_passes = 0;
         'outer: loop {
             self.disable_notification(q)?;
+            let before = used;
             while let Some(chain) = self.pop(q)? {
                 let len = serve(&self.mem, &chain)?;
                 self.add_used(q, chain.head, len)?;
@@ -342,7 +348,15 @@ impl ActiveQueues {
                     break 'outer;
                 }
             }
+            if used == before {
+                empty_passes += 1;
+            }
             if !self.enable_notification(q)? {
+                break;
+            }
+            if empty_passes > 1 {
+                // Served again later (queue_has_more), not spun on here.
+                self.budget_spent |= bit;
                 break;
             }
         }

@@ -522,8 +522,12 @@ impl IoQueue {
         let budget = 4 * self.slots.cap.max(1);
         let mut taken = 0;
         let mut used = 0;
+        // See ActiveQueues::drain: overlapping rings can make
+        // enable_notification report chains that pop never finds.
+        let mut empty_passes = 0;
         'outer: loop {
             active.disable_notification(q)?;
+            let before = taken;
             loop {
                 if self.is_full() || taken >= budget {
                     self.pending = true;
@@ -571,7 +575,16 @@ impl IoQueue {
                     bufs: (first, self.batch_bufs.len()),
                 });
             }
+            if taken == before {
+                empty_passes += 1;
+            }
             if !active.enable_notification(q)? {
+                break;
+            }
+            if empty_passes > 1 {
+                // Served again later (queue_has_more), not spun on here.
+                self.pending = true;
+                self.budget_spent = true;
                 break;
             }
         }

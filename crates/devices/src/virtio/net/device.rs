@@ -672,6 +672,7 @@ fn receive(
     let rx = &mut pair.rx;
     let mut frames = 0usize;
     let mut used = 0usize;
+    let mut retried = false;
     let outcome = loop {
         if rx.len == 0 {
             if !rx.readable {
@@ -683,8 +684,15 @@ fn receive(
             // Leave frames in the TAP while the guest has nowhere to put
             // them.
             if rx.held.is_empty() && !active.has_available(q)? {
+                // Retried once: overlapping rings (the used flags on the
+                // avail index) can make this report buffers forever.
                 if active.enable_notification(q)? {
-                    continue;
+                    if !retried {
+                        retried = true;
+                        continue;
+                    }
+                    // Come back later through the resume event.
+                    break RxOutcome::Budget;
                 }
                 break RxOutcome::WaitBuffers;
             }
@@ -768,7 +776,11 @@ fn receive(
                 None => {
                     // The frame waits in `rx.frame` for more buffers.
                     if active.enable_notification(q)? {
-                        continue;
+                        if !retried {
+                            retried = true;
+                            continue;
+                        }
+                        break RxOutcome::Budget;
                     }
                     break RxOutcome::WaitBuffers;
                 }
