@@ -324,6 +324,18 @@ fn write_id(
 }
 
 /// The status a failed disk request reports.
+/// The disk refused request `id` at enqueue: frees its slot and returns the
+/// status its members complete with.
+fn refused(
+    slots: &mut Slots,
+    id: u64,
+    log: &RateLimitedLog,
+    e: &vireo_disk::RequestError,
+) -> Option<u8> {
+    slots.remove(id);
+    Some(error_status(log, e))
+}
+
 fn error_status(log: &RateLimitedLog, e: &vireo_disk::RequestError) -> u8 {
     if e.is_unsupported() {
         guest_debug!(log, "virtio-blk: {}", ErrorChain(e));
@@ -667,10 +679,7 @@ impl IoQueue {
                 self.unsubmitted = true;
                 None
             }
-            Err(e) => {
-                self.slots.remove(id);
-                Some(error_status(ctx.log, &e))
-            }
+            Err(e) => refused(&mut self.slots, id, ctx.log, &e),
         }
     }
 
@@ -744,10 +753,7 @@ impl IoQueue {
                 self.unsubmitted = true;
                 None
             }
-            Err(e) => {
-                self.slots.remove(id);
-                Some(error_status(ctx.log, &e))
-            }
+            Err(e) => refused(&mut self.slots, id, ctx.log, &e),
         }
     }
 
