@@ -38,6 +38,7 @@ mod disk;
 mod engine;
 mod error;
 mod file;
+pub mod image;
 mod iobuf;
 mod raw;
 mod serial;
@@ -47,6 +48,7 @@ pub use disk::{
     Completion, Disk, DiskInfo, DiskQueue, EngineKind, QueueConfig, Request, MAX_BUFFERS,
 };
 pub use error::{Extent, OpenError, Operation, QueueError, RequestError, SerialError};
+pub use image::{Image, ImageError, ImageFormat};
 pub use iobuf::IoBuf;
 pub use raw::{RawDisk, RawOptions, RawQueue};
 pub use serial::{DiskSerial, SERIAL_LEN};

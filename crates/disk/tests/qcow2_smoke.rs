@@ -1,0 +1,167 @@
+//! Quick qcow2 checks against the real qemu-img (skipped without it).
+
+use std::path::Path;
+use std::process::Command;
+
+use vireo_disk::image::{self, CreateOptions, ImageOptions, Qcow2};
+
+fn have_qemu_img() -> bool {
+    Command::new("qemu-img").arg("--version").output().is_ok()
+}
+
+fn qemu_img(args: &[&str]) -> String {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img runs");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn qemu_io(path: &Path, cmd: &str) {
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", cmd])
+        .arg(path)
+        .output()
+        .expect("qemu-io runs");
+    assert!(
+        out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("error"),
+        "qemu-io {cmd}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn reads_what_qemu_wrote_and_qemu_reads_what_we_wrote() {
+    if !have_qemu_img() {
+        eprintln!("SKIPPED: qemu-img not installed");
+        return;
+    }
+    let dir = tempdir();
+    let img = dir.join("a.qcow2");
+    let p = img.to_str().expect("succeeds");
+    qemu_img(&["create", "-q", "-f", "qcow2", p, "64M"]);
+    qemu_io(&img, "write -P 0x11 0 100k");
+    qemu_io(&img, "write -P 0x22 1M 4k");
+    qemu_io(&img, "write -c -P 0x33 2M 64k");
+    qemu_io(&img, "write -z 1M 64k");
+    let raw = dir.join("a.raw");
+    qemu_img(&["convert", "-O", "raw", p, raw.to_str().expect("succeeds")]);
+    let expect = std::fs::read(&raw).expect("succeeds");
+    {
+        let image = image::open(
+            &img,
+            &ImageOptions {
+                read_only: false,
+                ..Default::default()
+            },
+        )
+        .expect("succeeds");
+        let mut got = vec![0u8; expect.len()];
+        image.read_at(&mut got, 0).expect("succeeds");
+        assert!(got == expect, "contents differ");
+        image.write_at(&[0x44; 3000], 5000).expect("succeeds");
+        image
+            .write_at(&[0x55; 70000], 2 * 1024 * 1024 + 100)
+            .expect("succeeds");
+        image.write_at(&[0x66; 8192], 40 * 1024 * 1024).expect("succeeds");
+        image.discard(1 << 20, 1 << 20).expect("succeeds");
+        image.flush().expect("succeeds");
+    }
+    let check = qemu_img(&["check", p]);
+    assert!(check.contains("No errors were found"), "{check}");
+    qemu_io(&img, "read -P 0x44 5000 3000");
+    qemu_io(&img, "read -P 0x55 2097252 70000");
+    qemu_io(&img, "read -P 0x33 2097152 100");
+    qemu_io(&img, "read -P 0x66 40M 8k");
+    qemu_io(&img, "read -P 0 1M 1M");
+}
+
+#[test]
+fn created_images_pass_qemu_check() {
+    if !have_qemu_img() {
+        eprintln!("SKIPPED: qemu-img not installed");
+        return;
+    }
+    let dir = tempdir();
+    for (name, opts) in [
+        (
+            "v3.qcow2",
+            CreateOptions {
+                size: 3 << 30,
+                ..Default::default()
+            },
+        ),
+        (
+            "v2.qcow2",
+            CreateOptions {
+                size: 100 << 20,
+                version: 2,
+                ..Default::default()
+            },
+        ),
+        (
+            "small.qcow2",
+            CreateOptions {
+                size: 300 << 20,
+                cluster_size: 4096,
+                refcount_bits: 1,
+                ..Default::default()
+            },
+        ),
+        (
+            "meta.qcow2",
+            CreateOptions {
+                size: 256 << 20,
+                preallocation: image::Preallocation::Metadata,
+                ..Default::default()
+            },
+        ),
+    ] {
+        let img = dir.join(name);
+        Qcow2::create(&img, &opts).expect("succeeds");
+        let check = qemu_img(&["check", img.to_str().expect("succeeds")]);
+        assert!(check.contains("No errors were found"), "{name}: {check}");
+        // Writes spread over the disk: many L2 tables and refcount blocks.
+        {
+            let image = image::open(&img, &ImageOptions::default()).expect("succeeds");
+            let step = opts.size / 97;
+            for i in 0..97u64 {
+                image.write_at(&[i as u8 + 1; 5000], i * step).expect("succeeds");
+            }
+        }
+        let check = qemu_img(&["check", img.to_str().expect("succeeds")]);
+        assert!(check.contains("No errors were found"), "{name}: {check}");
+        let image = image::open(
+            &img,
+            &ImageOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .expect("succeeds");
+        let step = opts.size / 97;
+        for i in 0..97u64 {
+            let mut b = vec![0u8; 5000];
+            image.read_at(&mut b, i * step).expect("succeeds");
+            assert!(b.iter().all(|&x| x == i as u8 + 1), "{name} {i}");
+        }
+    }
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "vireo-qcow2-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("succeeds");
+    dir
+}
