@@ -28,6 +28,8 @@ pub struct DiskArg {
     pub serial: Option<String>,
     /// Request queues (1..=16).
     pub queues: u16,
+    /// Image format, "raw" or "qcow2" (probed from the file when absent).
+    pub format: Option<String>,
 }
 
 /// Where a NIC's packets go.
@@ -106,6 +108,7 @@ impl FromStr for DiskArg {
             direct: false,
             serial: None,
             queues: 1,
+            format: None,
         };
         for part in parts {
             match part.split_once('=') {
@@ -120,9 +123,13 @@ impl FromStr for DiskArg {
                     disk.serial = Some(v.to_owned());
                 }
                 Some(("queues", v)) => disk.queues = queues(part, v)?,
+                Some(("format", v)) if v == "raw" || v == "qcow2" => disk.format = Some(v.to_owned()),
+                Some(("format", v)) => {
+                    return Err(format!("'{part}': unknown image format '{v}' (raw or qcow2)"))
+                }
                 _ => {
                     return Err(format!(
-                    "'{part}' is not a disk option: use readonly, direct, serial=TEXT or queues=N"
+                    "'{part}' is not a disk option: use readonly, direct, serial=TEXT, queues=N or format=raw|qcow2"
                 ))
                 }
             }
@@ -145,6 +152,9 @@ impl fmt::Display for DiskArg {
         }
         if self.queues != 1 {
             write!(f, ",queues={}", self.queues)?;
+        }
+        if let Some(format) = &self.format {
+            write!(f, ",format={format}")?;
         }
         Ok(())
     }

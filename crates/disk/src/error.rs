@@ -235,6 +235,13 @@ pub enum RequestError {
         done: u64,
     },
     #[error("{extent} on {} failed", path.display())]
+    Image {
+        path: Arc<Path>,
+        extent: Extent,
+        #[source]
+        source: Box<crate::image::ImageError>,
+    },
+    #[error("{extent} on {} failed", path.display())]
     Io {
         path: Arc<Path>,
         extent: Extent,
@@ -252,6 +259,7 @@ impl RequestError {
             | Self::Misaligned { extent, .. }
             | Self::TooManyBuffers { extent, .. }
             | Self::UnexpectedEof { extent, .. }
+            | Self::Image { extent, .. }
             | Self::Io { extent, .. } => extent.op,
         }
     }
@@ -261,6 +269,7 @@ impl RequestError {
     pub fn is_unsupported(&self) -> bool {
         match self {
             Self::Io { source, .. } => is_unsupported_errno(source),
+            Self::Image { source, .. } => source.is_unsupported(),
             _ => false,
         }
     }

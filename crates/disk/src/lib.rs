@@ -8,7 +8,9 @@
 //! through an eventfd that the monitor's event loop polls, so nothing on
 //! the vCPU or notification path waits for the disk.
 //!
-//! [`RawDisk`] serves raw image files and host block devices.
+//! [`RawDisk`] serves raw image files and host block devices;
+//! [`ImageDisk`] serves any [`Image`] (qcow2 and backing chains, see
+//! [`image`]).
 //!
 //! Threads: a queue is used from one thread (the monitor's event loop, or a
 //! per-queue I/O thread); queues of one disk are independent. The io_uring
@@ -39,6 +41,7 @@ mod engine;
 mod error;
 mod file;
 pub mod image;
+mod image_disk;
 mod iobuf;
 mod raw;
 mod serial;
@@ -49,6 +52,7 @@ pub use disk::{
 };
 pub use error::{Extent, OpenError, Operation, QueueError, RequestError, SerialError};
 pub use image::{Image, ImageError, ImageFormat};
+pub use image_disk::{ImageDisk, ImageQueue};
 pub use iobuf::IoBuf;
 pub use raw::{RawDisk, RawOptions, RawQueue};
 pub use serial::{DiskSerial, SERIAL_LEN};

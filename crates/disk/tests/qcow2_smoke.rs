@@ -70,7 +70,9 @@ fn reads_what_qemu_wrote_and_qemu_reads_what_we_wrote() {
         image
             .write_at(&[0x55; 70000], 2 * 1024 * 1024 + 100)
             .expect("succeeds");
-        image.write_at(&[0x66; 8192], 40 * 1024 * 1024).expect("succeeds");
+        image
+            .write_at(&[0x66; 8192], 40 * 1024 * 1024)
+            .expect("succeeds");
         image.discard(1 << 20, 1 << 20).expect("succeeds");
         image.flush().expect("succeeds");
     }
@@ -133,7 +135,9 @@ fn created_images_pass_qemu_check() {
             let image = image::open(&img, &ImageOptions::default()).expect("succeeds");
             let step = opts.size / 97;
             for i in 0..97u64 {
-                image.write_at(&[i as u8 + 1; 5000], i * step).expect("succeeds");
+                image
+                    .write_at(&[i as u8 + 1; 5000], i * step)
+                    .expect("succeeds");
             }
         }
         let check = qemu_img(&["check", img.to_str().expect("succeeds")]);

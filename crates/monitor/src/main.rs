@@ -193,6 +193,7 @@ fn main() -> ExitCode {
                 direct: d.direct,
                 serial: d.serial,
                 queues: d.queues,
+                format: d.format.and_then(|f| f.parse().ok()),
             })
             .collect(),
         nets: args

@@ -52,6 +52,8 @@ pub struct DiskConfig {
     pub serial: Option<String>,
     /// Number of request queues (1..=16).
     pub queues: u16,
+    /// The image format; probed from the file when `None`.
+    pub format: Option<vireo_disk::ImageFormat>,
 }
 
 impl DiskConfig {
@@ -63,6 +65,7 @@ impl DiskConfig {
             direct: false,
             serial: None,
             queues: 1,
+            format: None,
         }
     }
 }

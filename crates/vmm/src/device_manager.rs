@@ -25,7 +25,8 @@ use vireo_devices::virtio::rng::Rng;
 use vireo_devices::virtio::VirtioDevice;
 use vireo_devices::GuestMemoryMmap;
 use vireo_devices::{Bus, Interrupt, VmControl};
-use vireo_disk::{QueueConfig, RawDisk, RawOptions};
+use vireo_disk::image::{self, BackingMode, ImageOptions};
+use vireo_disk::{Disk, ImageDisk, ImageError, ImageFormat, QueueConfig, RawDisk, RawOptions};
 use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -71,13 +72,43 @@ impl Interrupt for IrqLine {
 
 /// Opens a disk image and builds its virtio-blk device.
 fn open_disk(index: usize, disk: &DiskConfig) -> Result<Block, DeviceError> {
-    let options = RawOptions {
-        read_only: disk.read_only,
-        direct: disk.direct,
-        serial: disk.serial.clone(),
+    let image_error = |source| DeviceError::Image { index, source };
+    let format = match disk.format {
+        Some(format) => format,
+        None => image::probe(&disk.path).map_err(image_error)?,
     };
-    let raw = RawDisk::open(&disk.path, &options)
-        .map_err(|source| DeviceError::Disk { index, source })?;
+    let backend: Arc<dyn Disk> = match format {
+        // Raw files and block devices take the io_uring path.
+        ImageFormat::Raw => {
+            let options = RawOptions {
+                read_only: disk.read_only,
+                direct: disk.direct,
+                serial: disk.serial.clone(),
+            };
+            Arc::new(
+                RawDisk::open(&disk.path, &options)
+                    .map_err(|source| DeviceError::Disk { index, source })?,
+            )
+        }
+        ImageFormat::Qcow2 => {
+            if disk.direct {
+                return Err(image_error(ImageError::Unsupported {
+                    path: disk.path.clone(),
+                    what: "direct I/O on qcow2 images".into(),
+                }));
+            }
+            let options = ImageOptions {
+                read_only: disk.read_only,
+                format: Some(format),
+                backing: BackingMode::Follow,
+            };
+            let image = image::open(&disk.path, &options).map_err(image_error)?;
+            Arc::new(
+                ImageDisk::new(image, disk.serial.as_deref())
+                    .map_err(|source| DeviceError::Disk { index, source })?,
+            )
+        }
+    };
     let config = BlockConfig {
         num_queues: disk.queues,
         io: QueueConfig {
@@ -87,7 +118,7 @@ fn open_disk(index: usize, disk: &DiskConfig) -> Result<Block, DeviceError> {
         serial: disk.serial.clone(),
         ..BlockConfig::default()
     };
-    Block::new(Arc::new(raw), config).map_err(|source| DeviceError::Block {
+    Block::new(backend, config).map_err(|source| DeviceError::Block {
         index,
         path: disk.path.display().to_string(),
         source,
@@ -158,6 +189,13 @@ pub enum DeviceError {
         index: usize,
         #[source]
         source: NetError,
+    },
+    /// The disk image's format layer refused it.
+    #[error("disk {index}")]
+    Image {
+        index: usize,
+        #[source]
+        source: ImageError,
     },
     /// The disk image could not be opened.
     #[error("disk {index}")]

@@ -5,6 +5,7 @@ use std::io;
 
 use crate::engine::{JobKind, JobSpec};
 use crate::file::FileCtx;
+use crate::image::Image;
 use crate::iobuf::advance_bufs;
 use crate::sys::{self, AlignedBuf};
 use crate::{IoBuf, RequestError};
@@ -32,6 +33,34 @@ impl Scratch {
             Some(buf) => Ok(buf),
             None => Ok(slot.insert(AlignedBuf::zeroed(size, align)?)),
         }
+    }
+}
+
+/// Runs one request on a disk image format; returns the bytes transferred.
+pub(crate) fn execute_image(
+    image: &dyn Image,
+    path: &std::sync::Arc<std::path::Path>,
+    spec: &JobSpec,
+    bufs: &[IoBuf],
+) -> Result<u64, RequestError> {
+    let result = match spec.kind {
+        JobKind::Nop(_) => Ok(()),
+        JobKind::Read { .. } => image.read_vectored(spec.offset, bufs),
+        JobKind::Write { .. } => image.write_vectored(spec.offset, bufs),
+        JobKind::Flush => image.flush(),
+        JobKind::Discard => image.discard(spec.offset, spec.len),
+        JobKind::WriteZeroes { unmap } => image.write_zeroes(spec.offset, spec.len, unmap),
+    };
+    match result {
+        Ok(()) => Ok(match spec.kind {
+            JobKind::Read { .. } | JobKind::Write { .. } => spec.len,
+            _ => 0,
+        }),
+        Err(source) => Err(RequestError::Image {
+            path: path.clone(),
+            extent: spec.extent(),
+            source: Box::new(source),
+        }),
     }
 }
 

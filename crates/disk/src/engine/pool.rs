@@ -14,8 +14,10 @@ use std::thread::JoinHandle;
 use crate::engine::exec::{self, Scratch};
 use crate::engine::JobSpec;
 use crate::file::FileCtx;
+use crate::image::Image;
 use crate::sys::EventFd;
 use crate::{Completion, IoBuf, QueueError};
+use std::path::Path;
 
 /// A request on its way to or from a worker.
 struct PoolJob {
@@ -31,10 +33,19 @@ struct State {
     stop: bool,
 }
 
+/// What the workers run requests against.
+pub(crate) enum Target {
+    /// A raw file or block device, with system calls.
+    File(Arc<FileCtx>),
+    /// A disk image format, through its blocking [`Image`] methods.
+    Image(Arc<dyn Image>),
+}
+
 struct Shared {
     state: Mutex<State>,
     work: Condvar,
-    file: Arc<FileCtx>,
+    target: Target,
+    path: Arc<Path>,
     eventfd: Arc<EventFd>,
 }
 
@@ -68,10 +79,23 @@ impl PoolEngine {
         workers: usize,
         name: &str,
     ) -> Result<Self, QueueError> {
+        let path = file.path.clone();
+        Self::with_target(Target::File(file), path, eventfd, workers, name)
+    }
+
+    /// Starts `workers` threads running requests against `target`.
+    pub(crate) fn with_target(
+        target: Target,
+        path: Arc<Path>,
+        eventfd: Arc<EventFd>,
+        workers: usize,
+        name: &str,
+    ) -> Result<Self, QueueError> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
-            file,
+            target,
+            path,
             eventfd,
         });
         let mut engine = Self {
@@ -89,7 +113,7 @@ impl PoolEngine {
                 .name(thread_name.clone())
                 .spawn(move || worker(&shared))
                 .map_err(|source| QueueError::SpawnWorker {
-                    path: engine.shared.file.path.clone(),
+                    path: engine.shared.path.clone(),
                     name: thread_name,
                     source,
                 })?;
@@ -176,7 +200,7 @@ impl Drop for PoolEngine {
             if handle.join().is_err() {
                 log::error!(
                     "an I/O worker thread of {} panicked",
-                    self.shared.file.path.display()
+                    self.shared.path.display()
                 );
             }
         }
@@ -207,7 +231,12 @@ fn worker(shared: &Shared) {
             continue;
         };
         drop(state);
-        let result = exec::execute(&shared.file, &job.spec, &mut job.bufs, &mut scratch);
+        let result = match &shared.target {
+            Target::File(file) => exec::execute(file, &job.spec, &mut job.bufs, &mut scratch),
+            Target::Image(image) => {
+                exec::execute_image(&**image, &shared.path, &job.spec, &job.bufs)
+            }
+        };
         let completion = Completion {
             id: job.spec.id,
             result,
