@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use vireo_disk::image::{self, CreateOptions, ImageOptions, Qcow2};
+use vireo_disk::image::{self, CreateOptions, Image, ImageOptions, Qcow2};
 
 fn have_qemu_img() -> bool {
     Command::new("qemu-img").arg("--version").output().is_ok()
@@ -168,4 +168,73 @@ fn tempdir() -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("succeeds");
     dir
+}
+
+#[test]
+fn internal_snapshots_interoperate_with_qemu_img() {
+    if !have_qemu_img() {
+        eprintln!("SKIPPED: qemu-img not installed");
+        return;
+    }
+    let dir = tempdir();
+    let img = dir.join("s.qcow2");
+    let p = img.to_str().expect("utf-8 path");
+    Qcow2::create(
+        &img,
+        &CreateOptions {
+            size: 32 << 20,
+            cluster_size: 4096,
+            ..Default::default()
+        },
+    )
+    .expect("create");
+    {
+        let image = image::open(&img, &ImageOptions::default()).expect("open");
+        image.write_at(&[1u8; 10000], 0).expect("write");
+        image.write_at(&[2u8; 10000], 20 << 20).expect("write");
+    }
+    {
+        let mut q = Qcow2::open(&img, false).expect("open");
+        let info = q.snapshot_create("first").expect("snapshot");
+        assert_eq!(info.id, "1");
+        // Copy-on-write of clusters shared with the snapshot.
+        q.write_at(&[3u8; 5000], 2000).expect("write");
+        q.write_at(&[4u8; 100], 30 << 20).expect("write");
+    }
+    let check = qemu_img(&["check", p]);
+    assert!(check.contains("No errors were found"), "{check}");
+    let list = qemu_img(&["snapshot", "-l", p]);
+    assert!(list.contains("first"), "{list}");
+    // qemu-img's own snapshot on top of ours, then ours applied back.
+    qemu_img(&["snapshot", "-c", "second", p]);
+    qemu_io(&img, "write -P 9 0 64k");
+    {
+        let mut q = Qcow2::open(&img, false).expect("open");
+        assert_eq!(q.snapshots().len(), 2);
+        q.snapshot_apply("first").expect("apply");
+        let mut b = vec![0u8; 10000];
+        q.read_at(&mut b, 0).expect("read");
+        assert!(b.iter().all(|&x| x == 1), "snapshot contents not restored");
+        q.read_at(&mut b, 20 << 20).expect("read");
+        assert!(b.iter().all(|&x| x == 2));
+        let mut c = vec![0u8; 100];
+        q.read_at(&mut c, 30 << 20).expect("read");
+        assert!(c.iter().all(|&x| x == 0));
+    }
+    let check = qemu_img(&["check", p]);
+    assert!(check.contains("No errors were found"), "{check}");
+    {
+        let mut q = Qcow2::open(&img, false).expect("open");
+        q.snapshot_delete("second").expect("delete");
+        q.snapshot_delete("1").expect("delete by id");
+        assert!(q.snapshots().is_empty());
+        q.write_at(&[7u8; 9000], 100).expect("write in place again");
+    }
+    let check = qemu_img(&["check", p]);
+    assert!(
+        check.contains("No errors were found") && !check.contains("leaked"),
+        "{check}"
+    );
+    qemu_io(&img, "read -P 7 100 9000");
+    qemu_io(&img, "read -P 2 20M 10000");
 }

@@ -191,7 +191,7 @@ impl Meta {
     // ---- L2 tables --------------------------------------------------------
 
     /// Makes sure the L2 table at `offset` is cached.
-    fn load_l2(&mut self, ctx: &Ctx, offset: u64) -> Result<(), ImageError> {
+    pub(crate) fn load_l2(&mut self, ctx: &Ctx, offset: u64) -> Result<(), ImageError> {
         if self.l2.contains(offset) {
             return Ok(());
         }
@@ -769,7 +769,7 @@ impl Meta {
     }
 
     /// Drops references now that no table on disk holds them.
-    fn free(&mut self, ctx: &Ctx, list: &[(u64, u64)]) -> Result<(), ImageError> {
+    pub(crate) fn free(&mut self, ctx: &Ctx, list: &[(u64, u64)]) -> Result<(), ImageError> {
         for &(offset, count) in list {
             let first = offset >> ctx.cluster_bits;
             for cluster in first..first + count {

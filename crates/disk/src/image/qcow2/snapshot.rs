@@ -140,7 +140,6 @@ pub(crate) fn read_table(
 }
 
 /// The snapshot table as bytes.
-#[allow(dead_code)] // snapshot creation lands next
 pub(crate) fn table_bytes(snapshots: &[Snapshot]) -> Vec<u8> {
     let mut out = Vec::new();
     for s in snapshots {
@@ -166,4 +165,340 @@ pub(crate) fn table_bytes(snapshots: &[Snapshot]) -> Vec<u8> {
         out.resize(start + len.next_multiple_of(8), 0);
     }
     out
+}
+
+use super::meta::{self, Mapping, Meta, COPIED, OFFSET_MASK};
+use super::Qcow2;
+
+impl Meta {
+    /// Adds `delta` (+1 or -1) to the refcount of every cluster the tree
+    /// under `l1` references: its L2 tables and their data clusters (the
+    /// counting qcow2 uses: each tree counts once, shared or not). Tables
+    /// freed on the way leave the cache unwritten.
+    pub(crate) fn walk_tree(
+        &mut self,
+        ctx: &Ctx,
+        l1: &[u64],
+        delta: i64,
+    ) -> Result<(), ImageError> {
+        let cb = ctx.cluster_bits;
+        let entries = 1usize << ctx.l2_bits();
+        for (i, &l1e) in l1.iter().enumerate() {
+            let table = l1e & OFFSET_MASK;
+            if table == 0 {
+                continue;
+            }
+            self.load_l2(ctx, table)?;
+            let data = match self.l2.get(table) {
+                Some(e) => e.data.clone(),
+                None => return Err(ctx.corrupt("L2 table missing from the cache")),
+            };
+            for j in 0..entries {
+                let entry = meta::get_be64(&data, j);
+                let gc = ((i << ctx.l2_bits()) + j) as u64;
+                match self.classify(ctx, gc, entry)? {
+                    Mapping::Data { host, .. }
+                    | Mapping::Zero {
+                        host: Some(host), ..
+                    } => {
+                        self.change_refcount(ctx, host >> cb, delta)?;
+                    }
+                    Mapping::Compressed { offset, len } => {
+                        let first = offset >> cb;
+                        let last = (offset + len - 1) >> cb;
+                        for c in first..=last {
+                            self.change_refcount(ctx, c, delta)?;
+                        }
+                    }
+                    Mapping::Zero { host: None, .. } | Mapping::Unallocated => {}
+                }
+            }
+            if self.change_refcount(ctx, table >> cb, delta)? == 0 {
+                self.l2.remove(table);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the COPIED flags of the active tree from the refcounts: on the
+    /// L1 entries of tables only it uses, and on the entries of those
+    /// tables whose clusters only it uses. Refcounts go to disk first.
+    pub(crate) fn fix_copied(&mut self, ctx: &Ctx) -> Result<(), ImageError> {
+        let cb = ctx.cluster_bits;
+        let entries = 1usize << ctx.l2_bits();
+        self.flush_refblocks(ctx)?;
+        for i in 0..self.l1.len() {
+            let l1e = self.l1[i];
+            let table = l1e & OFFSET_MASK;
+            if table == 0 {
+                continue;
+            }
+            let own = self.refcount(ctx, table >> cb)? == 1;
+            let want = if own { table | COPIED } else { table };
+            if want != l1e {
+                self.set_l1(ctx, i, want)?;
+            }
+            if !own {
+                continue;
+            }
+            self.load_l2(ctx, table)?;
+            for j in 0..entries {
+                let entry = match self.l2.get(table) {
+                    Some(e) => meta::get_be64(&e.data, j),
+                    None => return Err(ctx.corrupt("L2 table missing from the cache")),
+                };
+                let gc = ((i << ctx.l2_bits()) + j) as u64;
+                let host = match self.classify(ctx, gc, entry)? {
+                    Mapping::Data { host, .. }
+                    | Mapping::Zero {
+                        host: Some(host), ..
+                    } => host,
+                    _ => continue,
+                };
+                let single = self.refcount(ctx, host >> cb)? == 1;
+                let fixed = if single {
+                    entry | COPIED
+                } else {
+                    entry & !COPIED
+                };
+                if fixed != entry {
+                    if let Some(e) = self.l2.get(table) {
+                        meta::put_be64(&mut e.data, j, fixed);
+                        e.dirty = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `snapshots` as the new snapshot table and points the header
+    /// at it; the old table is freed afterwards.
+    fn write_snapshot_table(
+        &mut self,
+        ctx: &Ctx,
+        snapshots: Vec<Snapshot>,
+    ) -> Result<(), ImageError> {
+        let cs = ctx.cs();
+        let bytes = table_bytes(&snapshots);
+        let offset = if bytes.is_empty() {
+            0
+        } else {
+            let clusters = (bytes.len() as u64).div_ceil(cs);
+            let at = self.alloc_clusters(ctx, clusters)?;
+            self.flush_refblocks(ctx)?;
+            ctx.write_all(&bytes, at, "the snapshot table")?;
+            ctx.sync()?;
+            at
+        };
+        let mut fields = [0u8; 12];
+        fields[..4].copy_from_slice(&(snapshots.len() as u32).to_be_bytes());
+        fields[4..].copy_from_slice(&offset.to_be_bytes());
+        ctx.write_all(&fields, 60, "the header")?;
+        ctx.sync()?;
+        let old_offset = self.header.snapshots_offset;
+        let old_len = table_bytes(&self.snapshots_cache).len() as u64;
+        if old_offset != 0 && old_len > 0 {
+            self.deferred.push((old_offset, old_len.div_ceil(cs)));
+        }
+        self.header.snapshots_offset = offset;
+        self.header.nb_snapshots = snapshots.len() as u32;
+        self.snapshots_cache = snapshots;
+        Ok(())
+    }
+
+    /// Flushes until nothing is pending (frees included).
+    pub(crate) fn settle(&mut self, ctx: &Ctx) -> Result<(), ImageError> {
+        for _ in 0..3 {
+            self.flush(ctx)?;
+            if !self.dirty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Qcow2 {
+    fn find_snapshot(&self, meta: &Meta, key: &str) -> Result<usize, ImageError> {
+        // Like qemu-img: an ID matches first, then a name.
+        meta.snapshots_cache
+            .iter()
+            .position(|s| s.info.id == key)
+            .or_else(|| meta.snapshots_cache.iter().position(|s| s.info.name == key))
+            .ok_or_else(|| ImageError::InvalidArgument {
+                path: self.ctx.path.clone(),
+                what: format!("no snapshot with ID or name '{key}'"),
+            })
+    }
+
+    fn snapshot_l1(&self, snapshot: &Snapshot) -> Result<Vec<u64>, ImageError> {
+        meta::read_table(
+            &self.ctx,
+            snapshot.l1_offset,
+            snapshot.l1_size as usize,
+            "a snapshot's L1 table",
+        )
+    }
+
+    /// Takes an internal snapshot of the disk's current contents.
+    pub fn snapshot_create(&mut self, name: &str) -> Result<SnapshotInfo, ImageError> {
+        self.check_writable("creating a snapshot")?;
+        let ctx = &self.ctx;
+        if name.is_empty() || name.len() > 1024 {
+            return Err(ImageError::InvalidArgument {
+                path: ctx.path.clone(),
+                what: "a snapshot name is 1 to 1024 bytes".into(),
+            });
+        }
+        let size = self.size;
+        let meta = self.meta.get_mut().unwrap_or_else(|p| p.into_inner());
+        if meta.snapshots_cache.iter().any(|s| s.info.name == name) {
+            return Err(ImageError::InvalidArgument {
+                path: ctx.path.clone(),
+                what: format!("a snapshot named '{name}' already exists"),
+            });
+        }
+        if meta.snapshots_cache.len() >= super::header::MAX_SNAPSHOTS as usize {
+            return Err(ImageError::Unsupported {
+                path: ctx.path.clone(),
+                what: "more snapshots".into(),
+            });
+        }
+        meta.settle(ctx)?;
+        let active = meta.l1.clone();
+        meta.walk_tree(ctx, &active, 1)?;
+        let cs = ctx.cs();
+        let l1_bytes = (active.len() as u64 * 8).max(8);
+        let copy_at = meta.alloc_clusters(ctx, l1_bytes.div_ceil(cs))?;
+        // Refcounts first; then every flag says "shared".
+        meta.flush_refblocks(ctx)?;
+        let shared: Vec<u64> = active.iter().map(|&e| e & !COPIED).collect();
+        for &l1e in &active {
+            let table = l1e & OFFSET_MASK;
+            if table == 0 {
+                continue;
+            }
+            meta.load_l2(ctx, table)?;
+            if let Some(e) = meta.l2.get(table) {
+                for j in 0..(cs / 8) as usize {
+                    let v = meta::get_be64(&e.data, j);
+                    if v & COPIED != 0 {
+                        meta::put_be64(&mut e.data, j, v & !COPIED);
+                        e.dirty = true;
+                    }
+                }
+            }
+        }
+        let table = meta::table_bytes(&shared, (l1_bytes.div_ceil(cs) * cs) as usize);
+        ctx.write_all(&table, copy_at, "the snapshot's L1 table")?;
+        ctx.write_all(
+            &meta::table_bytes(&shared, shared.len() * 8),
+            meta.header.l1_table_offset,
+            "the L1 table",
+        )?;
+        meta.l1 = shared;
+        meta.flush(ctx)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let next_id = meta
+            .snapshots_cache
+            .iter()
+            .filter_map(|s| s.info.id.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let info = SnapshotInfo {
+            id: next_id.to_string(),
+            name: name.to_owned(),
+            date_sec: now.as_secs() as u32,
+            date_nsec: now.subsec_nanos(),
+            vm_clock_nsec: 0,
+            vm_state_size: 0,
+            disk_size: Some(size),
+            icount: None,
+        };
+        let mut list = meta.snapshots_cache.clone();
+        list.push(Snapshot {
+            info: info.clone(),
+            l1_offset: copy_at,
+            l1_size: active.len() as u32,
+            extra_tail: Vec::new(),
+        });
+        meta.write_snapshot_table(ctx, list)?;
+        meta.settle(ctx)?;
+        Ok(info)
+    }
+
+    /// Makes the disk's contents those of a snapshot (by ID or name).
+    pub fn snapshot_apply(&mut self, key: &str) -> Result<(), ImageError> {
+        self.check_writable("applying a snapshot")?;
+        let index = self.find_snapshot(&self.lock(), key)?;
+        let snapshot = self.lock().snapshots_cache[index].clone();
+        if let Some(size) = snapshot.info.disk_size {
+            if size != self.size {
+                return Err(ImageError::Unsupported {
+                    path: self.ctx.path.clone(),
+                    what: format!(
+                        "applying snapshot '{key}' taken at a disk size of {size} bytes (now {})",
+                        self.size
+                    ),
+                });
+            }
+        }
+        let mut l1 = self.snapshot_l1(&snapshot)?;
+        let ctx = &self.ctx;
+        let meta = self.meta.get_mut().unwrap_or_else(|p| p.into_inner());
+        if l1.len() > meta.l1.len() {
+            if l1[meta.l1.len()..].iter().any(|&e| e & OFFSET_MASK != 0) {
+                return Err(ImageError::Unsupported {
+                    path: ctx.path.clone(),
+                    what: format!(
+                        "applying snapshot '{key}', whose L1 table is larger than the image's"
+                    ),
+                });
+            }
+            l1.truncate(meta.l1.len());
+        }
+        l1.resize(meta.l1.len(), 0);
+        for e in &mut l1 {
+            *e &= !COPIED;
+        }
+        meta.settle(ctx)?;
+        meta.walk_tree(ctx, &l1, 1)?;
+        meta.flush_refblocks(ctx)?;
+        let old = std::mem::replace(&mut meta.l1, l1);
+        ctx.write_all(
+            &meta::table_bytes(&meta.l1, meta.l1.len() * 8),
+            meta.header.l1_table_offset,
+            "the L1 table",
+        )?;
+        ctx.sync()?;
+        meta.walk_tree(ctx, &old, -1)?;
+        meta.settle(ctx)?;
+        meta.fix_copied(ctx)?;
+        meta.settle(ctx)
+    }
+
+    /// Deletes a snapshot (by ID or name), freeing what only it used.
+    pub fn snapshot_delete(&mut self, key: &str) -> Result<(), ImageError> {
+        self.check_writable("deleting a snapshot")?;
+        let index = self.find_snapshot(&self.lock(), key)?;
+        let snapshot = self.lock().snapshots_cache[index].clone();
+        let l1 = self.snapshot_l1(&snapshot)?;
+        let ctx = &self.ctx;
+        let meta = self.meta.get_mut().unwrap_or_else(|p| p.into_inner());
+        meta.settle(ctx)?;
+        let mut list = meta.snapshots_cache.clone();
+        list.remove(index);
+        meta.write_snapshot_table(ctx, list)?;
+        meta.walk_tree(ctx, &l1, -1)?;
+        let cs = ctx.cs();
+        let l1_clusters = (l1.len() as u64 * 8).max(8).div_ceil(cs);
+        meta.free(ctx, &[(snapshot.l1_offset, l1_clusters)])?;
+        meta.settle(ctx)?;
+        meta.fix_copied(ctx)?;
+        meta.settle(ctx)
+    }
 }
