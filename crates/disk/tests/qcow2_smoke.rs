@@ -238,3 +238,77 @@ fn internal_snapshots_interoperate_with_qemu_img() {
     qemu_io(&img, "read -P 7 100 9000");
     qemu_io(&img, "read -P 2 20M 10000");
 }
+
+#[test]
+fn check_finds_and_repairs_leaks_and_low_refcounts_like_qemu_img() {
+    use std::os::unix::fs::FileExt;
+    use vireo_disk::image::qcow2::RepairMode;
+    if !have_qemu_img() {
+        eprintln!("SKIPPED: qemu-img not installed");
+        return;
+    }
+    let dir = tempdir();
+    let img = dir.join("c.qcow2");
+    let p = img.to_str().expect("utf-8 path");
+    qemu_img(&["create", "-q", "-f", "qcow2", p, "16M"]);
+    qemu_io(&img, "write -P 1 0 192k");
+    let mut q = Qcow2::open(&img, true).expect("open");
+    let clean = q.check(RepairMode::None).expect("check");
+    assert_eq!((clean.corruptions, clean.leaks), (0, 0), "{clean:?}");
+    assert_eq!(clean.allocated_clusters, 3);
+    assert_eq!(clean.total_clusters, 256);
+    drop(q);
+    // Drop the L2 entry of the third data cluster: a leak.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .expect("open file");
+    let mut l1 = [0u8; 8];
+    file.read_exact_at(&mut l1, 0x30000).expect("read L1");
+    let l2 = u64::from_be_bytes(l1) & 0x00ff_ffff_ffff_fe00;
+    file.write_all_at(&[0u8; 8], l2 + 16).expect("patch L2");
+    let out = Command::new("qemu-img")
+        .args(["check", p])
+        .output()
+        .expect("qemu-img");
+    assert_eq!(out.status.code(), Some(3), "qemu-img sees a leak");
+    let mut q = Qcow2::open(&img, false).expect("open");
+    let report = q.check(RepairMode::None).expect("check");
+    assert_eq!((report.corruptions, report.leaks), (0, 1), "{report:?}");
+    let report = q.check(RepairMode::Leaks).expect("repair");
+    assert_eq!(
+        (report.leaks_fixed, report.leaks, report.corruptions),
+        (1, 0, 0),
+        "{report:?}"
+    );
+    drop(q);
+    let check = qemu_img(&["check", p]);
+    assert!(check.contains("No errors were found"), "{check}");
+    // A refcount of 0 under a referenced cluster: a corruption, fixed by -r all.
+    let mut rt = [0u8; 8];
+    file.read_exact_at(&mut rt, 0x10000)
+        .expect("read refcount table");
+    let block = u64::from_be_bytes(rt);
+    let data_cluster = {
+        let mut e = [0u8; 8];
+        file.read_exact_at(&mut e, l2).expect("read L2");
+        (u64::from_be_bytes(e) & 0x00ff_ffff_ffff_fe00) >> 16
+    };
+    file.write_all_at(&[0u8; 2], block + data_cluster * 2)
+        .expect("patch refcount");
+    let out = Command::new("qemu-img")
+        .args(["check", p])
+        .output()
+        .expect("qemu-img");
+    assert_eq!(out.status.code(), Some(2), "qemu-img sees a corruption");
+    let mut q = Qcow2::open(&img, false).expect("open");
+    let report = q.check(RepairMode::None).expect("check");
+    assert!(report.corruptions >= 1, "{report:?}");
+    let report = q.check(RepairMode::All).expect("repair");
+    assert_eq!((report.corruptions, report.leaks), (0, 0), "{report:?}");
+    drop(q);
+    let check = qemu_img(&["check", p]);
+    assert!(check.contains("No errors were found"), "{check}");
+    qemu_io(&img, "read -P 1 0 128k");
+}

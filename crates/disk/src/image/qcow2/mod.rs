@@ -14,6 +14,7 @@
 //! end, so two writes can never allocate the same guest cluster twice.
 
 mod cache;
+mod check;
 mod compress;
 mod header;
 mod meta;
@@ -25,6 +26,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use check::{CheckReport, RepairMode};
 pub use header::CompressionType;
 pub use ops::{preallocate_file, CreateOptions, Preallocation, Qcow2Info};
 pub use snapshot::{Snapshot, SnapshotInfo};
@@ -74,7 +76,30 @@ impl Qcow2 {
         Self::from_file(file, path, read_only)
     }
 
+    /// Opens a qcow2 file for `check -r` even when QEMU marked it dirty or
+    /// corrupt (which a plain writable open refuses).
+    pub fn open_for_repair(path: &Path) -> Result<Self, ImageError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| ImageError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Self::from_file_flags(file, path, false, true)
+    }
+
     pub(crate) fn from_file(file: File, path: &Path, read_only: bool) -> Result<Self, ImageError> {
+        Self::from_file_flags(file, path, read_only, false)
+    }
+
+    fn from_file_flags(
+        file: File,
+        path: &Path,
+        read_only: bool,
+        repair: bool,
+    ) -> Result<Self, ImageError> {
         use std::os::unix::fs::FileExt;
         let file_len = file
             .metadata()
@@ -93,12 +118,12 @@ impl Qcow2 {
             compression: header.compression,
             read_only,
         };
-        if !read_only && header.incompatible & header::INCOMPAT_CORRUPT != 0 {
+        if !read_only && !repair && header.incompatible & header::INCOMPAT_CORRUPT != 0 {
             return Err(ctx.corrupt(
                 "QEMU marked it corrupt; it can be opened read-only, or repaired with 'vireo img check -r all'",
             ));
         }
-        if !read_only && header.incompatible & header::INCOMPAT_DIRTY != 0 {
+        if !read_only && !repair && header.incompatible & header::INCOMPAT_DIRTY != 0 {
             return Err(ImageError::Unsupported {
                 path: path.to_owned(),
                 what: "writing an image whose dirty flag is set (lazy refcounts); repair it first with 'vireo img check -r all'".into(),
