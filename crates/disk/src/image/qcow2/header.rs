@@ -550,6 +550,13 @@ impl Header {
             put32(&mut b, 16, name.len() as u32);
             b.extend_from_slice(name.as_bytes());
         }
+        if b.len() > cs && !self.feature_names.is_empty() {
+            // The feature name table is optional: small clusters go
+            // without it rather than refusing the header.
+            let mut slim = self.clone();
+            slim.feature_names.clear();
+            return slim.serialize();
+        }
         if b.len() > cs {
             return Err(format!(
                 "the header with its extensions and backing file name needs {} bytes, more than one cluster ({cs})",

@@ -225,6 +225,22 @@ impl Qcow2 {
         let cs = self.ctx.cs();
         let first = pos >> cb;
         let mapping = meta.mapping(&self.ctx, first)?;
+        let limit = meta.file_len.max(meta.end << cb);
+        match mapping {
+            Mapping::Data { host, .. } if host >= limit => {
+                return Err(self.ctx.corrupt(format!(
+                    "the data of guest offset {:#x} is mapped to {host:#x}, beyond the end of the file",
+                    first << cb
+                )));
+            }
+            Mapping::Compressed { offset, .. } if offset >= limit => {
+                return Err(self.ctx.corrupt(format!(
+                    "the compressed data of guest offset {:#x} is at {offset:#x}, beyond the end of the file",
+                    first << cb
+                )));
+            }
+            _ => {}
+        }
         let max = max.min(MAX_RUN.max(cs));
         let mut len = (cs - self.cluster_offset(pos)).min(max);
         let mut next = first + 1;
@@ -518,7 +534,11 @@ impl Qcow2 {
         } else {
             cs - (cursor & (cs - 1))
         };
-        let offset = if cursor != 0 && cursor & (cs - 1) != 0 && room >= len {
+        let shareable = cursor != 0
+            && cursor & (cs - 1) != 0
+            && room >= len
+            && meta.refcount(ctx, cursor >> ctx.cluster_bits)? < ctx.max_refcount();
+        let offset = if shareable {
             meta.change_refcount(ctx, cursor >> ctx.cluster_bits, 1)?;
             cursor
         } else {
