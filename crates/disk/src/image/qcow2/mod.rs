@@ -24,7 +24,7 @@ mod snapshot;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 pub use check::{CheckReport, RepairMode};
 pub use header::CompressionType;
@@ -46,6 +46,11 @@ const MAX_L2_CACHE_BYTES: u64 = 32 << 20;
 pub struct Qcow2 {
     ctx: Ctx,
     meta: Mutex<Meta>,
+    /// Held (shared) by reads and in-place writes for their data I/O, which
+    /// they do without the metadata lock; a flush takes it exclusively
+    /// before freeing clusters, so no such I/O can land in a cluster freed
+    /// and handed to another guest offset meanwhile.
+    io_gate: RwLock<()>,
     size: u64,
     backing: Option<Arc<dyn Image>>,
 }
@@ -177,6 +182,7 @@ impl Qcow2 {
         Ok(Self {
             ctx,
             meta: Mutex::new(meta),
+            io_gate: RwLock::new(()),
             size,
             backing: None,
         }
@@ -186,6 +192,10 @@ impl Qcow2 {
     fn with_snapshots(self, snapshots: Vec<Snapshot>) -> Self {
         self.lock().snapshots_cache = snapshots;
         self
+    }
+
+    fn io_guard(&self) -> RwLockReadGuard<'_, ()> {
+        self.io_gate.read().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Meta> {
@@ -592,9 +602,10 @@ impl Image for Qcow2 {
         let mut part = Vec::new();
         while done < len {
             let pos = offset + done;
-            let (run, mapping) = {
+            let (run, mapping, _io) = {
                 let mut meta = self.lock();
-                self.run(&mut meta, pos, len - done)?
+                let (run, mapping) = self.run(&mut meta, pos, len - done)?;
+                (run, mapping, self.io_guard())
             };
             part.clear();
             bufs::sub(list, done, run, &mut part);
@@ -618,6 +629,7 @@ impl Image for Qcow2 {
             bufs::sub(list, done, run, &mut part);
             match mapping {
                 Mapping::Data { host, copied: true } => {
+                    let _io = self.io_guard();
                     drop(meta);
                     let at = host + self.cluster_offset(pos);
                     bufs::pwritev_all(self.ctx.file.as_raw_fd(), &part, at).map_err(|e| {
@@ -702,7 +714,9 @@ impl Image for Qcow2 {
         if self.ctx.read_only {
             return Ok(());
         }
-        self.lock().flush(&self.ctx)
+        let mut meta = self.lock();
+        let _no_io = self.io_gate.write().unwrap_or_else(|p| p.into_inner());
+        meta.flush(&self.ctx)
     }
 
     fn block_status(&self, offset: u64, len: u64) -> Result<BlockStatus, ImageError> {
