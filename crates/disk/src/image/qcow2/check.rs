@@ -210,7 +210,9 @@ impl Qcow2 {
                                     gc << cb
                                 ));
                             }
-                            if active && matches!(mapping, Mapping::Data { .. }) {
+                            // Preallocated zero clusters count as allocated
+                            // too, as qemu-img reports them.
+                            if active {
                                 report.allocated_clusters += 1;
                                 if last_host.is_some_and(|l: u64| l + cs != host) {
                                     report.fragmented_clusters += 1;
@@ -226,8 +228,11 @@ impl Qcow2 {
                                 ));
                             }
                             if active {
+                                // Compressed clusters count as fragmented
+                                // (they share sectors), as qemu-img counts.
                                 report.allocated_clusters += 1;
                                 report.compressed_clusters += 1;
+                                report.fragmented_clusters += 1;
                             }
                         }
                         Mapping::Zero { host: None, .. } | Mapping::Unallocated => {}

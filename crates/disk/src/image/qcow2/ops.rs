@@ -311,10 +311,11 @@ impl Qcow2 {
                 ),
             ));
         }
-        if !self.lock().snapshots_cache.is_empty() {
+        if new_size < self.size && !self.lock().snapshots_cache.is_empty() {
+            // Growing is fine: snapshots keep their own tables and size.
             return Err(ImageError::Unsupported {
                 path,
-                what: "resizing an image with internal snapshots".into(),
+                what: "shrinking an image with internal snapshots".into(),
             });
         }
         let cs = ctx.cs();

@@ -417,7 +417,8 @@ impl Qcow2 {
             vm_clock_nsec: 0,
             vm_state_size: 0,
             disk_size: Some(size),
-            icount: None,
+            // What qemu-img records when no instruction count is kept.
+            icount: Some(0),
         };
         let mut list = meta.snapshots_cache.clone();
         list.push(Snapshot {
@@ -436,17 +437,8 @@ impl Qcow2 {
         self.check_writable("applying a snapshot")?;
         let index = self.find_snapshot(&self.lock(), key)?;
         let snapshot = self.lock().snapshots_cache[index].clone();
-        if let Some(size) = snapshot.info.disk_size {
-            if size != self.size {
-                return Err(ImageError::Unsupported {
-                    path: self.ctx.path.clone(),
-                    what: format!(
-                        "applying snapshot '{key}' taken at a disk size of {size} bytes (now {})",
-                        self.size
-                    ),
-                });
-            }
-        }
+        // The disk takes the snapshot's size back (as qemu-img does).
+        let new_size = snapshot.info.disk_size.unwrap_or(self.size);
         let mut l1 = self.snapshot_l1(&snapshot)?;
         let ctx = &self.ctx;
         let meta = self.meta.get_mut().unwrap_or_else(|p| p.into_inner());
@@ -478,7 +470,14 @@ impl Qcow2 {
         meta.walk_tree(ctx, &old, -1)?;
         meta.settle(ctx)?;
         meta.fix_copied(ctx)?;
-        meta.settle(ctx)
+        meta.settle(ctx)?;
+        if new_size != self.size {
+            ctx.write_all(&new_size.to_be_bytes(), 24, "the header")?;
+            ctx.sync()?;
+            meta.header.size = new_size;
+            self.size = new_size;
+        }
+        Ok(())
     }
 
     /// Deletes a snapshot (by ID or name), freeing what only it used.
