@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod img;
 mod run;
 
 #[derive(Parser, Debug)]
@@ -22,12 +23,24 @@ struct Cli {
 enum Command {
     /// Run one VM in the foreground, without a daemon (the built-in test guest by default).
     Run(run::RunArgs),
+    /// Create, inspect, convert and modify disk images (qemu-img's commands).
+    Img(img::ImgArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `vireo img` reports usage errors as qemu-img does (exit 1).
+            if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("img") {
+                return img::usage_error(&e);
+            }
+            e.exit();
+        }
+    };
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Img(args) => return img::run(args),
     };
     match result {
         Ok(code) => code,
