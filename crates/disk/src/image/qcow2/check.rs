@@ -110,8 +110,27 @@ impl Qcow2 {
         let file_len = ctx.file_len()?;
         let file_clusters = file_len.div_ceil(cs);
         // Refcount blocks may describe clusters past the end of the file.
-        let covered = (meta.reftable.len() as u64) << ctx.rb_bits();
-        let n = file_clusters.max(covered.min(file_clusters + (1 << 20)));
+        // Refcount blocks may give counts to clusters past the end of the
+        // file (a crash between the refcount and the data): count up to the
+        // last such cluster, looking only at blocks reaching past the end.
+        let rb_bits = ctx.rb_bits();
+        let mut n = file_clusters;
+        for index in (0..meta.reftable.len()).rev() {
+            let first = (index as u64) << rb_bits;
+            let last = first + (1 << rb_bits);
+            if last <= n {
+                break;
+            }
+            if meta.reftable[index] & OFFSET_MASK == 0 {
+                continue;
+            }
+            for c in (first.max(n)..last.min(MAX_CHECK_CLUSTERS + 1)).rev() {
+                if meta.refcount(ctx, c)? != 0 {
+                    n = c + 1;
+                    break;
+                }
+            }
+        }
         if n > MAX_CHECK_CLUSTERS {
             return Err(ImageError::Unsupported {
                 path: ctx.path.clone(),
