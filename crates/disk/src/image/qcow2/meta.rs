@@ -185,7 +185,17 @@ pub(crate) struct Meta {
     pub(crate) compressed_cursor: u64,
     /// The snapshot table.
     pub(crate) snapshots_cache: Vec<super::Snapshot>,
+    /// Bytes of the snapshot table on disk.
+    pub(crate) snapshot_table_len: u64,
+    /// Offsets of the refcount blocks (the refcount table's entries), to
+    /// refuse allocating over one.
+    pub(crate) refblock_offsets: std::collections::HashSet<u64>,
 }
+
+/// How far past the end of the file refcounts may claim clusters before
+/// allocation calls the image corrupt rather than skipping them one by one
+/// (a crash between a refcount update and its data leaves a few).
+const MAX_USED_PAST_END: u64 = 65536;
 
 impl Meta {
     // ---- L2 tables --------------------------------------------------------
@@ -525,7 +535,10 @@ impl Meta {
     }
 
     fn set_reftable(&mut self, ctx: &Ctx, index: usize, offset: u64) -> Result<(), ImageError> {
+        self.refblock_offsets
+            .remove(&(self.reftable[index] & OFFSET_MASK));
         self.reftable[index] = offset;
+        self.refblock_offsets.insert(offset);
         if index < self.reftable_disk_entries {
             let at = self.header.refcount_table_offset + index as u64 * 8;
             ctx.write_all(&offset.to_be_bytes(), at, "a refcount table entry")?;
@@ -606,8 +619,55 @@ impl Meta {
         let mut at = self.end;
         while self.refcount(ctx, at)? != 0 {
             at += 1;
+            self.check_past_end(ctx, at)?;
         }
         Ok(at)
+    }
+
+    fn check_past_end(&self, ctx: &Ctx, at: u64) -> Result<(), ImageError> {
+        if at > self.end + MAX_USED_PAST_END {
+            return Err(ctx.corrupt(format!(
+                "refcounts claim clusters in use up to {:#x} and beyond, far past the end of the file; repair it with 'vireo img check -r all'",
+                at << ctx.cluster_bits
+            )));
+        }
+        Ok(())
+    }
+
+    /// What metadata, if any, a cluster holds (the structures QEMU also
+    /// guards: header, L1 and refcount tables, refcount blocks, snapshot
+    /// table and snapshot L1 tables, cached L2 tables).
+    fn metadata_at(&self, ctx: &Ctx, cluster: u64) -> Option<&'static str> {
+        let cs = ctx.cs();
+        let start = cluster << ctx.cluster_bits;
+        let within = |offset: u64, len: u64| {
+            len > 0 && start < offset.saturating_add(len) && offset < start + cs
+        };
+        let h = &self.header;
+        if cluster == 0 {
+            Some("the header")
+        } else if within(h.l1_table_offset, u64::from(h.l1_size) * 8) {
+            Some("the L1 table")
+        } else if within(
+            h.refcount_table_offset,
+            u64::from(h.refcount_table_clusters) * cs,
+        ) {
+            Some("the refcount table")
+        } else if self.refblock_offsets.contains(&start) {
+            Some("a refcount block")
+        } else if within(h.snapshots_offset, self.snapshot_table_len) {
+            Some("the snapshot table")
+        } else if self.l2.contains(start) {
+            Some("an L2 table")
+        } else if self
+            .snapshots_cache
+            .iter()
+            .any(|s| within(s.l1_offset, u64::from(s.l1_size) * 8))
+        {
+            Some("a snapshot's L1 table")
+        } else {
+            None
+        }
     }
 
     pub(crate) fn grow_end(&mut self, end: u64) {
@@ -691,6 +751,7 @@ impl Meta {
             if self.refcount(ctx, at)? != 0 {
                 at += 1;
                 start = at;
+                self.check_past_end(ctx, at)?;
             } else {
                 at += 1;
             }
@@ -718,6 +779,14 @@ impl Meta {
                     if self.refcount(ctx, c)? != 0 {
                         continue 'retry;
                     }
+                }
+            }
+            for c in start..start + n {
+                if let Some(what) = self.metadata_at(ctx, c) {
+                    return Err(ctx.corrupt(format!(
+                        "the refcounts say cluster {:#x} is free, but it holds {what}; repair it with 'vireo img check -r all'",
+                        c << ctx.cluster_bits
+                    )));
                 }
             }
             for c in start..start + n {

@@ -171,7 +171,15 @@ impl Qcow2 {
             punch_freed: true,
             compressed_cursor: 0,
             snapshots_cache: Vec::new(),
+            snapshot_table_len: 0,
+            refblock_offsets: Default::default(),
         };
+        meta.refblock_offsets = meta
+            .reftable
+            .iter()
+            .map(|&e| e & meta::OFFSET_MASK)
+            .filter(|&e| e != 0)
+            .collect();
         if !read_only && meta.header.version >= 3 && meta.header.autoclear != 0 {
             // Vireo keeps no bitmaps: say so, as the spec asks of writers
             // that do not understand the autoclear bits.
@@ -190,7 +198,11 @@ impl Qcow2 {
     }
 
     fn with_snapshots(self, snapshots: Vec<Snapshot>) -> Self {
-        self.lock().snapshots_cache = snapshots;
+        {
+            let mut meta = self.lock();
+            meta.snapshot_table_len = snapshot::table_bytes(&snapshots).len() as u64;
+            meta.snapshots_cache = snapshots;
+        }
         self
     }
 

@@ -220,6 +220,61 @@ impl Meta {
         Ok(())
     }
 
+    /// Checks that every refcount the tree under `l1` holds can grow by one
+    /// (compressed clusters sharing a host cluster by as many), so that a
+    /// snapshot is refused before anything changes rather than half-way.
+    pub(crate) fn check_tree_room(&mut self, ctx: &Ctx, l1: &[u64]) -> Result<(), ImageError> {
+        let cb = ctx.cluster_bits;
+        let max = ctx.max_refcount();
+        let entries = 1usize << ctx.l2_bits();
+        let mut shared: std::collections::HashMap<u64, u64> = Default::default();
+        let overflow = |cluster: u64| {
+            ctx.corrupt(format!(
+                "the refcount of cluster {:#x} is at its maximum ({max}); a wider refcount (refcount_bits) is needed for another snapshot (refcount overflow)",
+                cluster << cb
+            ))
+        };
+        for (i, &l1e) in l1.iter().enumerate() {
+            let table = l1e & OFFSET_MASK;
+            if table == 0 {
+                continue;
+            }
+            if self.refcount(ctx, table >> cb)? >= max {
+                return Err(overflow(table >> cb));
+            }
+            self.load_l2(ctx, table)?;
+            let data = match self.l2.get(table) {
+                Some(e) => e.data.clone(),
+                None => return Err(ctx.corrupt("L2 table missing from the cache")),
+            };
+            for j in 0..entries {
+                let gc = ((i << ctx.l2_bits()) + j) as u64;
+                let host = match self.classify(ctx, gc, meta::get_be64(&data, j))? {
+                    Mapping::Data { host, .. }
+                    | Mapping::Zero {
+                        host: Some(host), ..
+                    } => host,
+                    Mapping::Compressed { offset, len } => {
+                        for c in (offset >> cb)..=((offset + len - 1) >> cb) {
+                            *shared.entry(c).or_default() += 1;
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                if self.refcount(ctx, host >> cb)? >= max {
+                    return Err(overflow(host >> cb));
+                }
+            }
+        }
+        for (c, k) in shared {
+            if self.refcount(ctx, c)?.saturating_add(k) > max {
+                return Err(overflow(c));
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the COPIED flags of the active tree from the refcounts: on the
     /// L1 entries of tables only it uses, and on the entries of those
     /// tables whose clusters only it uses. Refcounts go to disk first.
@@ -303,6 +358,7 @@ impl Meta {
         }
         self.header.snapshots_offset = offset;
         self.header.nb_snapshots = snapshots.len() as u32;
+        self.snapshot_table_len = bytes.len() as u64;
         self.snapshots_cache = snapshots;
         Ok(())
     }
@@ -367,6 +423,7 @@ impl Qcow2 {
         }
         meta.settle(ctx)?;
         let active = meta.l1.clone();
+        meta.check_tree_room(ctx, &active)?;
         meta.walk_tree(ctx, &active, 1)?;
         let cs = ctx.cs();
         let l1_bytes = (active.len() as u64 * 8).max(8);
@@ -458,6 +515,7 @@ impl Qcow2 {
             *e &= !COPIED;
         }
         meta.settle(ctx)?;
+        meta.check_tree_room(ctx, &l1)?;
         meta.walk_tree(ctx, &l1, 1)?;
         meta.flush_refblocks(ctx)?;
         let old = std::mem::replace(&mut meta.l1, l1);
