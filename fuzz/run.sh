@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds every fuzz target, then runs each for SECONDS (default 30), one
-# after the other. Fails if any target panics, crashes, runs out of memory
-# or hangs (one input running longer than 10 s), printing the reproducer.
+# Builds every fuzz target (`cargo fuzz list`: the virtio ones and
+# qcow2_open), then runs each for SECONDS (default 30), one after the other.
+# Fails if any target panics, crashes, runs out of memory or hangs (one
+# input running longer than 10 s), printing the reproducer.
 #
 #   fuzz/run.sh [SECONDS]               all targets
 #   TARGETS="virtqueue net_rx" fuzz/run.sh 60

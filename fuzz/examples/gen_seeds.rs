@@ -3,8 +3,13 @@
 //!
 //! `cargo run --example gen_seeds` (from fuzz/); run.sh does it when a
 //! corpus folder is missing. The files are small and committed.
+//!
+//! qcow2_open's seeds are tiny images (512-byte to 4 KiB clusters) made by
+//! qemu-img and qemu-io (skipped, with a message, without them) and one made
+//! by Vireo.
 
 use std::path::Path;
+use std::process::Command;
 
 use vireo_devices::virtio::block::request::types;
 use vireo_fuzz::seed::{input, table, Desc, FREE};
@@ -240,4 +245,147 @@ fn main() {
         "tso4",
         &rx_input((1 << 1) | (1 << 7), 0, &tso, d, &[0]),
     );
+
+    qcow2_seeds(&root.join("qcow2_open"));
+}
+
+/// One qcow2 seed: `qemu-img create` with `create` (options, size), then
+/// each step: a qemu-io command, or `qemu-img ARGS` (the image last).
+fn qemu_seed(dir: &Path, name: &str, create: &[&str], steps: &[&str]) {
+    let tmp = std::env::temp_dir().join(format!("vireo-seed-{}-{name}", std::process::id()));
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .arg(&tmp)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    let (size, options) = create.split_last().expect("a size");
+    args.extend_from_slice(options);
+    let _ = std::fs::remove_file(&tmp);
+    let out = Command::new("qemu-img")
+        .args(&args)
+        .arg(&tmp)
+        .arg(size)
+        .output()
+        .expect("run qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in steps {
+        match step.strip_prefix("qemu-img ") {
+            Some(args) => run("qemu-img", &args.split(' ').collect::<Vec<_>>()),
+            None => run("qemu-io", &["-f", "qcow2", "-c", step]),
+        }
+    }
+    let bytes = std::fs::read(&tmp).expect("read the image");
+    let _ = std::fs::remove_file(&tmp);
+    write(dir, name, &bytes);
+}
+
+fn qcow2_seeds(dir: &Path) {
+    vireo_seed(dir);
+    if Command::new("qemu-img").arg("--version").output().is_err() {
+        eprintln!("qemu-img not found: only Vireo's qcow2_open seed written");
+        return;
+    }
+    qemu_seed(
+        dir,
+        "v2",
+        &["-o", "compat=0.10,cluster_size=512", "256K"],
+        &[
+            "write -P 0x11 0 1k",
+            "write -P 0x22 100k 512",
+            "write -z 2k 1k",
+        ],
+    );
+    qemu_seed(
+        dir,
+        "v3_4k",
+        &["-o", "cluster_size=4096", "1M"],
+        &[
+            "write -P 0x33 0 6k",
+            "write -z 16k 8k",
+            "write -P 0x44 900k 4k",
+            "discard 0 4k",
+        ],
+    );
+    qemu_seed(
+        dir,
+        "compressed",
+        &["-o", "cluster_size=4096", "256K"],
+        &[
+            "write -c -P 0x55 0 4k",
+            "write -c -P 0x66 4k 4k",
+            "write -P 7 12k 1k",
+        ],
+    );
+    qemu_seed(
+        dir,
+        "compressed_zstd",
+        &["-o", "cluster_size=512,compression_type=zstd", "64K"],
+        &["write -c -P 0x77 0 512", "write -c -P 0x78 1k 512"],
+    );
+    qemu_seed(
+        dir,
+        "snapshot",
+        &["-o", "cluster_size=512", "128K"],
+        &[
+            "write -P 1 0 2k",
+            "qemu-img snapshot -c first",
+            "write -P 2 512 1k",
+            "write -P 3 100k 512",
+        ],
+    );
+    qemu_seed(
+        dir,
+        "backing",
+        &["-o", "cluster_size=512", "64K"],
+        // Written first: qemu-io would open the (missing) backing file.
+        &["write -P 3 1k 512", "qemu-img rebase -u -b base.raw -F raw"],
+    );
+    qemu_seed(
+        dir,
+        "refcount1",
+        &["-o", "cluster_size=512,refcount_bits=1", "64K"],
+        &["write -P 4 0 1k", "write -P 5 40k 512"],
+    );
+}
+
+/// A seed in Vireo's own layout, written through the library.
+fn vireo_seed(dir: &Path) {
+    use vireo_disk::image::{CreateOptions, Image, Qcow2};
+    let tmp = std::env::temp_dir().join(format!("vireo-seed-{}-vireo", std::process::id()));
+    Qcow2::create(
+        &tmp,
+        &CreateOptions {
+            size: 128 << 10,
+            // The smallest clusters a 512-byte sector can compress (one
+            // sector saved at least).
+            cluster_size: 1024,
+            ..CreateOptions::default()
+        },
+    )
+    .expect("create the image");
+    {
+        let image = Qcow2::open(&tmp, false).expect("open the image");
+        image.write_at(&[0x61; 1500], 300).expect("write");
+        image.write_at(&[0x62; 512], 70 << 10).expect("write");
+        image
+            .write_compressed(100 << 10, &[0x63; 512])
+            .expect("compressed write");
+        image.write_zeroes(0, 1024, false).expect("write zeroes");
+        image.flush().expect("flush");
+    }
+    let bytes = std::fs::read(&tmp).expect("read the image");
+    let _ = std::fs::remove_file(&tmp);
+    write(dir, "vireo", &bytes);
 }

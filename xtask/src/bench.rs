@@ -1,7 +1,8 @@
 //! Benchmarks: Vireo against the reference, side by side in one run.
 //!
 //! `bench blk` and `bench net` (virtio-blk and virtio-net throughput against host fio
-//! and QEMU) live in bench_blk.rs and bench_net.rs.
+//! and QEMU) live in bench_blk.rs and bench_net.rs; `bench img` (image conversion and
+//! the image library's IOPS against qemu-img and qemu-io) in bench_img.rs.
 //!
 //! `bench boot`: spawn the monitor with the test guest (`scenario=wait`), time
 //! to the guest's ready line, read the monitor's RSS without guest RAM while the
@@ -24,6 +25,7 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("blk") => return crate::bench_blk::main(&args[1..]),
         Some("net") => return crate::bench_net::main(&args[1..]),
+        Some("img") => return crate::bench_img::main(&args[1..]),
         _ => {}
     }
     let mut runs = 10usize;
@@ -49,7 +51,8 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
         _ => bail!(
             "usage: cargo xtask bench boot [--runs N]\n\
              usage: cargo xtask bench blk [--secs N] [--size 1G] [--seq-qd N] [--tests LIST]\n\
-             usage: cargo xtask bench net [--secs N] [--frames 64,1514]"
+             usage: cargo xtask bench net [--secs N] [--frames 64,1514]\n\
+             usage: cargo xtask bench img [--size 4G] [--secs N] [--tests LIST]"
         ),
     }
 }

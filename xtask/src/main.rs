@@ -10,6 +10,9 @@
 //!   QEMU against Vireo on one image.
 //! - `cargo xtask bench net [--secs N]`: virtio-net transmit packets/s and Gb/s
 //!   into a TAP, QEMU against Vireo (needs root for the TAP devices).
+//! - `cargo xtask bench img [--size 4G] [--secs N]`: `vireo img convert` against
+//!   `qemu-img convert` (qcow2 <-> raw, compressed qcow2) and 4 KiB random IOPS
+//!   through the image library against qemu-io, on the same images.
 //! - `cargo xtask guest-kernel` / `initramfs`: build the Linux test guest's
 //!   kernel and initramfs into a cache outside the repository.
 //! - `cargo xtask test-linux [--cpus 1,2] [--timeout SECS] [--qemu]`: the slow,
@@ -21,6 +24,7 @@ use anyhow::{bail, Context};
 
 mod bench;
 mod bench_blk;
+mod bench_img;
 mod bench_net;
 mod bench_vm;
 mod guest_assets;
@@ -39,6 +43,7 @@ fn main() -> anyhow::Result<()> {
             eprintln!(
                 "usage: cargo xtask run [vireo run options] | ci | bench boot [--runs N]\n\
                  usage: cargo xtask bench blk [--secs N] [--size 1G] | bench net [--secs N]\n\
+                 usage: cargo xtask bench img [--size 4G] [--secs N] [--tests LIST]\n\
                  usage: cargo xtask guest-kernel [--force] | initramfs [--force]\n\
                  usage: cargo xtask test-linux [--cpus 1,2] [--timeout SECS] [--qemu] [--quiet]"
             );
