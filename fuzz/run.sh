@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds every fuzz target (`cargo fuzz list`: the virtio ones and
-# qcow2_open), then runs each for SECONDS (default 30), one after the other.
+# Builds every fuzz target (`cargo fuzz list`: the virtio ones,
+# qcow2_open and domain_xml), then runs each for SECONDS (default 30), one after the other.
 # Fails if any target panics, crashes, runs out of memory or hangs (one
 # input running longer than 10 s), printing the reproducer.
 #
