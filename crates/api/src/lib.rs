@@ -2,7 +2,9 @@
 
 pub mod control;
 pub mod device_args;
+pub mod domain_state;
 pub mod exit;
 pub mod size;
 
+pub use domain_state::DomainState;
 pub use exit::MonitorExit;
