@@ -5,6 +5,7 @@
 //! a definition's `vireo-vmm` command line; [`monitor`], starting monitors
 //! that outlive the daemon and finding them again.
 
+pub mod core;
 pub mod launch;
 pub mod monitor;
 pub mod store;

@@ -217,7 +217,8 @@ impl Monitor {
     }
 
     /// Waits for the monitor to end and says how; removes its record.
-    pub fn wait(self) -> Ended {
+    /// Call it once.
+    pub fn wait(&self) -> Ended {
         let ended = if self.child {
             let mut status = 0;
             let ret = loop {
