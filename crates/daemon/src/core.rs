@@ -26,6 +26,7 @@ use vireo_domain::{Domain, InterfaceKind, LifecycleAction};
 use crate::launch::{self, HostSide};
 use crate::monitor::{Ended, Monitor};
 use crate::store::{Store, StoreError};
+pub use vireo_api::daemon::{err, ApiError, DomainInfo, ErrorCode, Event};
 
 /// Where the daemon keeps things.
 #[derive(Debug, Clone)]
@@ -42,40 +43,6 @@ pub struct Config {
     pub test_guest: &'static [u8],
     /// How long `destroy` waits for an orderly stop before SIGKILL.
     pub destroy_grace: Duration,
-}
-
-/// Stable error codes of the daemon API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorCode {
-    NoDomain,
-    InvalidXml,
-    DomainExists,
-    OperationInvalid,
-    OperationFailed,
-    Internal,
-}
-
-/// A request failed: a stable code and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ApiError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl fmt::Display for ApiError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
-    ApiError {
-        code,
-        message: message.into(),
-    }
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -95,41 +62,6 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// A lifecycle event, as libvirt reports them (defined, started, ...).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Event {
-    pub domain: String,
-    pub uuid: String,
-    /// defined, undefined, started, suspended, resumed, stopped, shutdown,
-    /// crashed.
-    pub event: String,
-    /// The state afterwards.
-    pub state: DomainState,
-    /// Why, for people (a monitor's exit reason, ...).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-/// What `list` and `dominfo` show.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DomainInfo {
-    pub name: String,
-    pub uuid: String,
-    pub state: DomainState,
-    pub persistent: bool,
-    pub autostart: bool,
-    pub vcpus: u32,
-    pub memory_kib: u64,
-    /// CPU time the monitor used, in nanoseconds (0 when not running).
-    pub cpu_time_ns: u64,
-    /// The monitor's pid while running.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i32>,
-    /// How the last run ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_exit: Option<String>,
-}
-
 /// What the daemon asked of a running domain, to interpret its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
@@ -137,6 +69,8 @@ enum Pending {
     Destroy,
     Shutdown,
     Reboot,
+    /// A hard reset: the monitor is stopped and started again.
+    Reset,
 }
 
 struct Live {
@@ -608,6 +542,9 @@ impl Daemon {
             .map_or(e.def.lifecycle, |l| l.running.lifecycle);
         e.last_exit = Some(ended.to_string());
         let detail = Some(ended.to_string());
+        if pending == Pending::Reset && self.start_locked(&mut e, RunningReason::Booted).is_ok() {
+            return;
+        }
         let crashed = match ended {
             Ended::Exit(MonitorExit::Ok) => {
                 let restart =
@@ -797,6 +734,16 @@ impl Daemon {
 
     /// Stops the domain now (SIGTERM, then SIGKILL after the grace time).
     pub async fn destroy(&self, name: &str) -> Result<DomainInfo, ApiError> {
+        self.stop(name, Pending::Destroy).await
+    }
+
+    /// Resets the domain at once, as a reset button does (the guest gets no
+    /// say): its monitor is stopped and started again.
+    pub async fn reset(&self, name: &str) -> Result<DomainInfo, ApiError> {
+        self.stop(name, Pending::Reset).await
+    }
+
+    async fn stop(&self, name: &str, pending: Pending) -> Result<DomainInfo, ApiError> {
         let entry = self.entry(name)?;
         let monitor = {
             let mut e = entry.lock().await;
@@ -807,7 +754,7 @@ impl Daemon {
                 ));
             };
             let monitor = live.monitor.clone();
-            e.pending = Pending::Destroy;
+            e.pending = pending;
             let _ = monitor.signal(libc::SIGTERM);
             monitor
         };

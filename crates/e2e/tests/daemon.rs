@@ -94,7 +94,13 @@ fn lifecycle_through_the_daemon() {
         d.shutdown("vm1").await.expect("shutdown");
         wait_state(&d, "vm1", DomainState::ShutOff(ShutOffReason::Shutdown)).await;
 
-        d.start("vm1").await.expect("start again");
+        let before = d.start("vm1").await.expect("start again").pid;
+        let info = d.reset("vm1").await.expect("reset");
+        assert_eq!(info.state, DomainState::Running(RunningReason::Booted));
+        assert!(
+            info.pid.is_some() && info.pid != before,
+            "reset did not restart the monitor"
+        );
         let info = d.destroy("vm1").await.expect("destroy");
         assert_eq!(info.state, DomainState::ShutOff(ShutOffReason::Destroyed));
 
