@@ -1,0 +1,1 @@
+//! Typed client for vireod's REST API over its Unix socket.
