@@ -8,4 +8,5 @@
 pub mod core;
 pub mod launch;
 pub mod monitor;
+pub mod server;
 pub mod store;

@@ -53,7 +53,16 @@ pub fn bin_dir() -> &'static Path {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "vireo-monitor", "-p", "vireo-cli"]);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "vireo-monitor",
+            "-p",
+            "vireo-cli",
+            "-p",
+            "vireo-daemon",
+        ]);
         if release {
             cmd.arg("--release");
         }
@@ -64,7 +73,7 @@ pub fn bin_dir() -> &'static Path {
     })
 }
 
-/// Path of a workspace binary (`vireo`, `vireo-vmm`).
+/// Path of a workspace binary (`vireo`, `vireo-vmm`, `vireod`).
 pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }

@@ -1,0 +1,279 @@
+//! The real `vireod` binary, driven over its Unix socket as a client
+//! would: definitions, lifecycle through the guest, a daemon killed and
+//! restarted while VMs run, a monitor killed, many VMs at once with
+//! nothing leaked.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vireo_e2e::{bin, kvm_or_skip};
+
+struct Vireod {
+    root: PathBuf,
+    child: Option<Child>,
+}
+
+impl Vireod {
+    fn start(root: &Path) -> Vireod {
+        std::fs::create_dir_all(root).expect("root");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join("vireod.log"))
+            .expect("log");
+        let child = Command::new(bin("vireod"))
+            .arg("--state-dir")
+            .arg(root.join("state"))
+            .arg("--run-dir")
+            .arg(root.join("run"))
+            .arg("--log-dir")
+            .arg(root.join("log"))
+            .args(["--destroy-grace", "5"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vireod");
+        let d = Vireod {
+            root: root.to_owned(),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(d.socket()).is_err() {
+            assert!(Instant::now() < deadline, "vireod did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.root.join("run/vireod.sock")
+    }
+
+    /// One request; returns (status, body).
+    fn call(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let mut s = UnixStream::connect(self.socket()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: vireod\r\nConnection: close\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).expect("read");
+        let status = reply[9..12].parse().expect("status");
+        let body = reply.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        // Chunked bodies are not used by these routes.
+        (status, body.to_owned())
+    }
+
+    fn ok(&self, method: &str, path: &str, body: &str) -> serde_json::Value {
+        let (status, text) = self.call(method, path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {text}"
+        );
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn state(&self, name: &str) -> String {
+        let v = self.ok("GET", &format!("/v1/domains/{name}"), "");
+        format!(
+            "{} ({})",
+            v["state"]["state"].as_str().unwrap_or("?"),
+            v["state"]["reason"].as_str().unwrap_or("?")
+        )
+    }
+
+    fn wait_state(&self, name: &str, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got = self.state(name);
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name}: {got}, never {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+}
+
+impl Drop for Vireod {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn domain(name: &str) -> String {
+    format!(
+        "<domain type='kvm'><name>{name}</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64'>hvm</type><cmdline>scenario=powerbutton timeout_ms=600000</cmdline></os>\
+         <devices><serial type='pty'><target port='0'/></serial></devices></domain>"
+    )
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let root = std::env::temp_dir().join(format!("vireod-e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    root
+}
+
+fn monitors_of(root: &Path) -> Vec<u32> {
+    // Monitors whose command line names this test's run directory.
+    let needle = root.join("run").display().to_string();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("vireo-vmm") && cmd.contains(&needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn define_start_shutdown_undefine_through_the_daemon() {
+    if !kvm_or_skip("define_start_shutdown_undefine_through_the_daemon") {
+        return;
+    }
+    let root = scratch("life");
+    let d = Vireod::start(&root);
+    let v = d.ok("POST", "/v1/domains", &domain("vm1"));
+    assert_eq!(v["name"], "vm1");
+    assert!(root.join("state/domains/vm1.xml").exists());
+    let (status, text) = d.call("GET", "/v1/domains/vm2", "");
+    assert_eq!(status, 404);
+    assert!(text.contains("did you mean 'vm1'"), "{text}");
+    let (status, text) = d.call(
+        "POST",
+        "/v1/domains",
+        "<domain type='kvm'><name>bad</name><memory unit='parsecs'>1</memory></domain>",
+    );
+    assert_eq!(status, 400);
+    assert!(
+        text.contains("invalid-xml") && text.contains("parsecs"),
+        "{text}"
+    );
+    d.ok("POST", "/v1/domains/vm1/start", "");
+    assert_eq!(d.state("vm1"), "running (booted)");
+    std::thread::sleep(Duration::from_millis(500));
+    d.ok("POST", "/v1/domains/vm1/shutdown", "");
+    d.wait_state("vm1", "shut-off (shutdown)");
+    let (status, _) = d.call("DELETE", "/v1/domains/vm1", "");
+    assert_eq!(status, 204);
+    assert!(!root.join("state/domains/vm1.xml").exists());
+    assert_eq!(d.ok("GET", "/v1/domains", ""), serde_json::json!([]));
+    drop(d);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn vms_outlive_a_killed_daemon_and_a_killed_monitor_is_reported_crashed() {
+    if !kvm_or_skip("vms_outlive_a_killed_daemon_and_a_killed_monitor_is_reported_crashed") {
+        return;
+    }
+    let root = scratch("restart");
+    let mut d = Vireod::start(&root);
+    d.ok("POST", "/v1/domains", &domain("a"));
+    d.ok("POST", "/v1/domains", &domain("b"));
+    let pid_a = d.ok("POST", "/v1/domains/a/start", "")["pid"]
+        .as_i64()
+        .expect("pid");
+    d.ok("POST", "/v1/domains/b/start", "");
+    d.kill();
+    // SAFETY: signal 0 only checks the process exists.
+    let alive = unsafe { libc::kill(pid_a as i32, 0) } == 0;
+    assert!(alive, "the VM died with the daemon");
+    let d = Vireod::start(&root);
+    let a = d.ok("GET", "/v1/domains/a", "");
+    assert_eq!(a["pid"].as_i64(), Some(pid_a), "not managed again: {a}");
+    assert_eq!(d.state("a"), "running (unknown)");
+    // Managed again: destroy works.
+    d.ok("POST", "/v1/domains/a/destroy", "");
+    assert_eq!(d.state("a"), "shut-off (destroyed)");
+    // A monitor killed behind the daemon's back is reported crashed.
+    let pid_b = d.ok("GET", "/v1/domains/b", "")["pid"]
+        .as_i64()
+        .expect("pid");
+    // SAFETY: kill(2) on the monitor this test started.
+    unsafe { libc::kill(pid_b as i32, libc::SIGKILL) };
+    d.wait_state("b", "shut-off (crashed)");
+    assert!(monitors_of(&root).is_empty());
+    drop(d);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn many_vms_start_and_stop_concurrently_without_leaks() {
+    if !kvm_or_skip("many_vms_start_and_stop_concurrently_without_leaks") {
+        return;
+    }
+    let root = scratch("many");
+    let d = Vireod::start(&root);
+    let fds_before = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .expect("fds")
+        .count();
+    const N: usize = 8;
+    for round in 0..2 {
+        std::thread::scope(|s| {
+            for i in 0..N {
+                let d = &d;
+                s.spawn(move || {
+                    let name = format!("vm{i}");
+                    if round == 0 {
+                        d.ok("POST", "/v1/domains", &domain(&name));
+                    }
+                    d.ok("POST", &format!("/v1/domains/{name}/start"), "");
+                });
+            }
+        });
+        assert_eq!(monitors_of(&root).len(), N);
+        std::thread::scope(|s| {
+            for i in 0..N {
+                let d = &d;
+                s.spawn(move || {
+                    d.ok("POST", &format!("/v1/domains/vm{i}/destroy"), "");
+                });
+            }
+        });
+        assert!(monitors_of(&root).is_empty(), "monitors left running");
+        let left: Vec<_> = std::fs::read_dir(root.join("run/domains"))
+            .expect("run dir")
+            .flatten()
+            .collect();
+        assert!(left.is_empty(), "runtime directories left: {left:?}");
+    }
+    // The daemon's descriptors are back where they were (sockets, pidfds).
+    std::thread::sleep(Duration::from_millis(200));
+    let fds_after = std::fs::read_dir(format!("/proc/{}/fd", d.pid()))
+        .expect("fds")
+        .count();
+    assert!(
+        fds_after <= fds_before + 2,
+        "descriptors leaked: {fds_before} -> {fds_after}"
+    );
+    drop(d);
+    let _ = std::fs::remove_dir_all(&root);
+}
