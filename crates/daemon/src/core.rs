@@ -600,7 +600,9 @@ impl Daemon {
             }
         }
         if !e.persistent && e.live.is_none() {
-            drop(e);
+            // Still under the entry's lock, so nobody sees the stopped
+            // transient domain in between (the map lock is never held
+            // while waiting for an entry's).
             self.map().remove(name);
         }
     }
