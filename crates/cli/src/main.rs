@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod img;
 mod run;
+mod virsh;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -15,6 +16,8 @@ mod run;
     propagate_version = true
 )]
 struct Cli {
+    #[command(flatten)]
+    daemon: virsh::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,6 +28,15 @@ enum Command {
     Run(run::RunArgs),
     /// Create, inspect, convert and modify disk images (qemu-img's commands).
     Img(img::ImgArgs),
+    /// Domains managed by vireod, with virsh's verbs.
+    #[command(flatten)]
+    Daemon(virsh::VirshCommand),
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -41,6 +53,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Img(args) => return img::run(args),
+        Command::Daemon(command) => return virsh::run(cli.daemon, command),
+        Command::Completions { shell } => {
+            return virsh::completions(shell, &mut Cli::command());
+        }
     };
     match result {
         Ok(code) => code,
