@@ -277,3 +277,69 @@ fn many_vms_start_and_stop_concurrently_without_leaks() {
     drop(d);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Runs `vireo --connect SOCKET ARGS...`; returns (exit code, stdout, stderr).
+fn vireo(d: &Vireod, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("vireo"))
+        .arg("--connect")
+        .arg(d.socket())
+        .args(args)
+        .output()
+        .expect("run vireo");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_vireo_command_line_manages_vms_like_virsh() {
+    if !kvm_or_skip("the_vireo_command_line_manages_vms_like_virsh") {
+        return;
+    }
+    let root = scratch("cli");
+    let d = Vireod::start(&root);
+    let xml = root.join("web.xml");
+    std::fs::write(&xml, domain("web")).expect("xml");
+    let xml = xml.display().to_string();
+    let (code, out, _) = vireo(&d, &["define", &xml]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Domain 'web' defined from"), "{out}");
+    let (code, out, _) = vireo(&d, &["start", "web"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Domain 'web' started"), "{out}");
+    let (_, out, _) = vireo(&d, &["list", "--all"]);
+    assert!(out.contains("web") && out.contains("running"), "{out}");
+    let (_, out, _) = vireo(&d, &["domstate", "--reason", "web"]);
+    assert_eq!(out.trim(), "running (booted)");
+    let (_, out, _) = vireo(&d, &["dominfo", "web"]);
+    assert!(
+        out.contains("State:") && out.contains("Max memory:") && out.contains("32768 KiB"),
+        "{out}"
+    );
+    let (_, out, _) = vireo(&d, &["dumpxml", "web"]);
+    assert!(out.contains("<name>web</name>"), "{out}");
+    let (code, _, err) = vireo(&d, &["start", "wbe"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("did you mean 'web'"), "{err}");
+    let (code, out, _) = vireo(&d, &["destroy", "web"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out, _) = vireo(&d, &["domstate", "--reason", "web"]);
+    assert_eq!(out.trim(), "shut off (destroyed)");
+    let (code, _, _) = vireo(&d, &["undefine", "web"]);
+    assert_eq!(code, 0);
+    let (_, out, _) = vireo(&d, &["list", "--all", "--name"]);
+    assert!(out.trim().is_empty(), "{out}");
+    drop(d);
+    let (code, _, err) = vireo(
+        &Vireod {
+            root: root.clone(),
+            child: None,
+        },
+        &["list"],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("is vireod running?"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}
