@@ -124,13 +124,20 @@ impl Daemon {
                 )
             })?;
         }
+        // Replaced atomically and only when it changed: a monitor that is
+        // starting may be reading the old one.
         let test_guest = config.run_dir.join("test-guest.elf");
-        std::fs::write(&test_guest, config.test_guest).map_err(|e| {
-            err(
-                ErrorCode::Internal,
-                format!("cannot write {}: {e}", test_guest.display()),
-            )
-        })?;
+        if std::fs::read(&test_guest).ok().as_deref() != Some(config.test_guest) {
+            let temp = config.run_dir.join(".test-guest.elf.tmp");
+            std::fs::write(&temp, config.test_guest)
+                .and_then(|()| std::fs::rename(&temp, &test_guest))
+                .map_err(|e| {
+                    err(
+                        ErrorCode::Internal,
+                        format!("cannot write {}: {e}", test_guest.display()),
+                    )
+                })?;
+        }
         let (events, _) = broadcast::channel(1024);
         let daemon = Arc::new_cyclic(|me| Daemon {
             config,

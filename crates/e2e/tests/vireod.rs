@@ -117,6 +117,11 @@ impl Vireod {
 impl Drop for Vireod {
     fn drop(&mut self) {
         self.kill();
+        // Whatever a failed test left running goes too.
+        for pid in monitors_of(&self.root) {
+            // SAFETY: kill(2) on a monitor of this test's run directory.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
     }
 }
 
