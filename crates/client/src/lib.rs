@@ -25,8 +25,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vireo_api::daemon::{ApiError, DomainInfo, Event, API_PREFIX};
 
+mod console;
 mod http;
 
+pub use console::Console;
 pub use http::ProtocolError;
 
 /// Where vireod listens unless told otherwise (`vireod --socket`,

@@ -807,6 +807,30 @@ impl Daemon {
         Ok(())
     }
 
+    /// The console socket of a running domain whose console the daemon
+    /// provides (`<serial type='pty'>` / `<console type='pty'>`).
+    pub async fn console_socket(&self, name: &str) -> Result<PathBuf, ApiError> {
+        let entry = self.entry(name)?;
+        let e = entry.lock().await;
+        let Some(live) = &e.live else {
+            return Err(err(
+                ErrorCode::OperationInvalid,
+                format!("domain '{name}' is not running"),
+            ));
+        };
+        match live.running.console_sink() {
+            Some(vireo_domain::CharSource::Pty) => Ok(live.host.console_socket()),
+            Some(other) => Err(err(
+                ErrorCode::OperationInvalid,
+                format!(
+                    "domain '{name}' has its console on a {} sink, not one the daemon provides (use <serial type='pty'>)",
+                    other.type_str()
+                ),
+            )),
+            None => Err(err(ErrorCode::OperationInvalid, format!("domain '{name}' has no console"))),
+        }
+    }
+
     /// The run directory of a domain (for tests and the console relay).
     pub fn runtime_dir(&self, name: &str) -> PathBuf {
         self.run_dir_of(name)

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::connect_info::{self, ConnectInfo};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -160,6 +161,7 @@ fn router(app: App) -> Router {
         .route("/v1/domains/{name}", get(info).delete(undefine))
         .route("/v1/domains/{name}/xml", get(xml))
         .route("/v1/domains/{name}/autostart", put(autostart))
+        .route("/v1/domains/{name}/console", get(console))
         .route("/v1/domains/{name}/{action}", post(action))
         .route("/v1/events", get(events))
         .fallback(|| async {
@@ -249,6 +251,75 @@ async fn action(
         }
     };
     Ok(Json(info))
+}
+
+/// The console as a WebSocket: binary messages both ways, bytes as the
+/// guest's serial port (or virtio console) sends and receives them.
+async fn console(
+    State(app): State<App>,
+    UrlPath(name): UrlPath<String>,
+    ws: WebSocketUpgrade,
+) -> Reply<Response> {
+    let path = app.daemon.console_socket(&name).await?;
+    // A monitor that has just started may not listen yet.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let stream = loop {
+        match tokio::net::UnixStream::connect(&path).await {
+            Ok(s) => break s,
+            Err(e)
+                if tokio::time::Instant::now() < deadline
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                return Err(Failure(err(
+                    ErrorCode::OperationFailed,
+                    format!(
+                        "domain '{name}': cannot reach its console at {}: {e}",
+                        path.display()
+                    ),
+                )))
+            }
+        }
+    };
+    Ok(ws.on_upgrade(move |socket| relay(socket, stream)))
+}
+
+async fn relay(mut socket: WebSocket, stream: tokio::net::UnixStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_vm, mut to_vm) = stream.into_split();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        tokio::select! {
+            read = from_vm.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if socket.send(Message::Binary(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                        break;
+                    }
+                }
+            },
+            message = socket.recv() => match message {
+                Some(Ok(Message::Binary(data))) => {
+                    if to_vm.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    if to_vm.write_all(text.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
 }
 
 async fn events(State(app): State<App>) -> impl IntoResponse {

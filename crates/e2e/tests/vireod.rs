@@ -430,3 +430,56 @@ fn duplicate_uuids_are_refused_and_a_daemon_killed_mid_define_leaves_whole_defin
     drop(d);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn the_console_reaches_the_guest_through_the_daemon() {
+    if !kvm_or_skip("the_console_reaches_the_guest_through_the_daemon") {
+        return;
+    }
+    let root = scratch("console");
+    let d = Vireod::start(&root);
+    let xml = root.join("echo.xml");
+    std::fs::write(
+        &xml,
+        domain("echo").replace("scenario=powerbutton timeout_ms=600000", "scenario=echo"),
+    )
+    .expect("xml");
+    let (code, _, _) = vireo(&d, &["define", &xml.display().to_string()]);
+    assert_eq!(code, 0);
+    // start --console, type a line, then leave with Ctrl-].
+    let mut child = Command::new(bin("vireo"))
+        .arg("--connect")
+        .arg(d.socket())
+        .args(["start", "--console", "echo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vireo start --console");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::thread::sleep(Duration::from_millis(1500));
+    stdin.write_all(b"hello console\n").expect("type");
+    std::thread::sleep(Duration::from_millis(1500));
+    stdin.write_all(&[0x1d]).expect("escape");
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Connected to domain 'echo'"), "{stdout}");
+    assert!(stdout.contains("echo: hello console"), "{stdout}");
+    // Detaching left the VM running.
+    assert_eq!(d.state("echo"), "running (booted)");
+    // A console the daemon does not provide is refused clearly.
+    let (code, _, err) = vireo(&d, &["console", "nosuch"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no domain named 'nosuch'"), "{err}");
+    d.ok("POST", "/v1/domains/echo/destroy", "");
+    let (code, _, err) = vireo(&d, &["console", "echo"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not running"), "{err}");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
 use clap::Args;
 use vireo_api::daemon::DomainInfo;
 
@@ -22,7 +21,7 @@ pub struct FileArgs {
 pub struct CreateArgs {
     #[command(flatten)]
     pub file: FileArgs,
-    /// Attach to the console once started (not available yet).
+    /// Attach to the console once started (Ctrl-] leaves).
     #[arg(long)]
     pub console: bool,
 }
@@ -31,7 +30,7 @@ pub struct CreateArgs {
 pub struct StartArgs {
     #[command(flatten)]
     pub domain: DomainArg,
-    /// Attach to the console once started (not available yet).
+    /// Attach to the console once started (Ctrl-] leaves).
     #[arg(long)]
     pub console: bool,
 }
@@ -84,16 +83,6 @@ fn say(name: &str, what: &str) {
     println!("Domain '{name}' {what}\n");
 }
 
-fn refuse_console(verb: &str, console: bool) -> anyhow::Result<()> {
-    if console {
-        bail!(
-            "{verb} --console is not available yet: vireod cannot attach to a domain's console; \
-             leave out --console"
-        );
-    }
-    Ok(())
-}
-
 pub fn define(global: &GlobalArgs, args: &FileArgs) -> anyhow::Result<ExitCode> {
     let xml = read_xml(&args.file)?;
     let info = connect(global)?.define(&xml)?;
@@ -102,13 +91,16 @@ pub fn define(global: &GlobalArgs, args: &FileArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub fn create(global: &GlobalArgs, args: &CreateArgs) -> anyhow::Result<ExitCode> {
-    refuse_console("create", args.console)?;
     let xml = read_xml(&args.file.file)?;
-    let info = connect(global)?.create(&xml)?;
+    let client = connect(global)?;
+    let info = client.create(&xml)?;
     say(
         &info.name,
         &format!("created from {}", args.file.file.display()),
     );
+    if args.console {
+        return super::console::attach(&client, &info.name);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -119,9 +111,12 @@ pub fn undefine(global: &GlobalArgs, args: &DomainArg) -> anyhow::Result<ExitCod
 }
 
 pub fn start(global: &GlobalArgs, args: &StartArgs) -> anyhow::Result<ExitCode> {
-    refuse_console("start", args.console)?;
-    let info = connect(global)?.start(&args.domain.domain)?;
+    let client = connect(global)?;
+    let info = client.start(&args.domain.domain)?;
     say(&info.name, "started");
+    if args.console {
+        return super::console::attach(&client, &info.name);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -22,6 +22,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use vireo_client::Client;
 
+mod console;
 mod edit;
 mod event;
 mod lifecycle;
@@ -94,6 +95,8 @@ pub enum VirshCommand {
     Event(event::EventArgs),
     /// Show the versions of vireo and of the daemon.
     Version,
+    /// Attach to a running domain's console (Ctrl-] leaves).
+    Console(DomainArg),
 }
 
 /// Runs one daemon verb; errors are printed here.
@@ -137,6 +140,7 @@ fn dispatch(global: &GlobalArgs, command: VirshCommand) -> anyhow::Result<ExitCo
         VirshCommand::Domstate(a) => show::domstate(global, &a),
         VirshCommand::Dumpxml(a) => lifecycle::dumpxml(global, &a),
         VirshCommand::Edit(a) => edit::edit(global, &a),
+        VirshCommand::Console(a) => console::console(global, &a),
         VirshCommand::Autostart(a) => lifecycle::autostart(global, &a),
         VirshCommand::Domstats(a) => show::domstats(global, &a),
         VirshCommand::Event(a) => event::event(global, &a),
