@@ -10,8 +10,23 @@ use crate::domain_state::DomainState;
 /// The API's version prefix.
 pub const API_PREFIX: &str = "/v1";
 
+/// `GET /v1/version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VersionInfo {
+    /// vireod's version.
+    pub version: String,
+    /// The API's version ("v1").
+    pub api: String,
+}
+
+/// `PUT /v1/domains/{name}/autostart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AutostartRequest {
+    pub enabled: bool,
+}
+
 /// Stable error codes of the daemon API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorCode {
     NoDomain,
@@ -27,7 +42,7 @@ pub enum ErrorCode {
 }
 
 /// A request failed: a stable code and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
@@ -50,7 +65,7 @@ pub fn err(code: ErrorCode, message: impl Into<String>) -> ApiError {
 }
 
 /// A lifecycle event, as libvirt reports them (defined, started, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub domain: String,
     pub uuid: String,
@@ -65,7 +80,7 @@ pub struct Event {
 }
 
 /// What `list` and `dominfo` show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DomainInfo {
     pub name: String,
     pub uuid: String,

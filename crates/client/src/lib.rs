@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use vireo_api::daemon::{ApiError, DomainInfo, Event, API_PREFIX};
 
@@ -93,14 +92,7 @@ fn reach_hint(e: &io::Error) -> &'static str {
     }
 }
 
-/// `GET /v1/version`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VersionInfo {
-    /// vireod's version.
-    pub version: String,
-    /// The API's version ("v1").
-    pub api: String,
-}
+pub use vireo_api::daemon::VersionInfo;
 
 /// A connection to vireod (a socket path; each request connects anew).
 #[derive(Debug, Clone)]

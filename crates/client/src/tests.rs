@@ -116,7 +116,7 @@ fn info(name: &str, state: DomainState) -> DomainInfo {
     }
 }
 
-fn to_json<T: Serialize>(value: &T) -> String {
+fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("serialises")
 }
 

@@ -19,7 +19,10 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::UnixListener;
-use vireo_api::daemon::{err, ApiError, ErrorCode};
+use vireo_api::daemon::{
+    err, ApiError, AutostartRequest, DomainInfo, ErrorCode, Event, VersionInfo,
+};
+use vireo_api::domain_state::DomainState;
 
 use crate::core::Daemon;
 
@@ -164,6 +167,10 @@ fn router(app: App) -> Router {
         .route("/v1/domains/{name}/console", get(console))
         .route("/v1/domains/{name}/{action}", post(action))
         .route("/v1/events", get(events))
+        .route(
+            "/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], openapi_json()) }),
+        )
         .fallback(|| async {
             Failure(err(
                 ErrorCode::BadRequest,
@@ -174,26 +181,35 @@ fn router(app: App) -> Router {
         .with_state(app)
 }
 
+#[utoipa::path(get, path = "/v1/version", responses((status = 200, description = "Versions", body = VersionInfo)))]
 async fn version() -> impl IntoResponse {
-    Json(serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "api": "v1"}))
+    Json(VersionInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        api: "v1".to_owned(),
+    })
 }
 
+#[utoipa::path(get, path = "/v1/domains", responses((status = 200, description = "Every domain, by name", body = [DomainInfo])))]
 async fn list(State(app): State<App>) -> impl IntoResponse {
     Json(app.daemon.list().await)
 }
 
+#[utoipa::path(post, path = "/v1/domains", request_body(content = String, content_type = "application/xml", description = "libvirt domain XML"), responses((status = 200, description = "Defined (or redefined)", body = DomainInfo), (status = 400, description = "The XML is refused; the message names the line and element", body = ApiError), (status = 409, description = "Another domain has this name or uuid", body = ApiError)))]
 async fn define(State(app): State<App>, body: String) -> Reply<impl IntoResponse> {
     Ok(Json(app.daemon.define(&body).await?))
 }
 
+#[utoipa::path(post, path = "/v1/domains/create", request_body(content = String, content_type = "application/xml", description = "libvirt domain XML"), responses((status = 200, description = "Started as a transient domain", body = DomainInfo), (status = 400, body = ApiError), (status = 409, body = ApiError)))]
 async fn create(State(app): State<App>, body: String) -> Reply<impl IntoResponse> {
     Ok(Json(app.daemon.create(&body).await?))
 }
 
+#[utoipa::path(get, path = "/v1/domains/{name}", params(("name" = String, Path, description = "The domain's name")), responses((status = 200, body = DomainInfo), (status = 404, description = "No such domain", body = ApiError)))]
 async fn info(State(app): State<App>, UrlPath(name): UrlPath<String>) -> Reply<impl IntoResponse> {
     Ok(Json(app.daemon.info(&name).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/domains/{name}", params(("name" = String, Path, description = "The domain's name")), responses((status = 204, description = "The persistent definition is gone"), (status = 404, description = "No such domain", body = ApiError), (status = 409, body = ApiError)))]
 async fn undefine(State(app): State<App>, UrlPath(name): UrlPath<String>) -> Reply<StatusCode> {
     app.daemon.undefine(&name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -205,6 +221,7 @@ struct XmlQuery {
     inactive: bool,
 }
 
+#[utoipa::path(get, path = "/v1/domains/{name}/xml", params(("name" = String, Path, description = "The domain's name"), ("inactive" = Option<bool>, Query, description = "The definition the next start uses, not the running one")), responses((status = 200, description = "Normalised domain XML", body = String, content_type = "application/xml"), (status = 404, description = "No such domain", body = ApiError)))]
 async fn xml(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
@@ -214,20 +231,17 @@ async fn xml(
     Ok(([(header::CONTENT_TYPE, "application/xml")], text))
 }
 
-#[derive(Deserialize)]
-struct Autostart {
-    enabled: bool,
-}
-
+#[utoipa::path(put, path = "/v1/domains/{name}/autostart", params(("name" = String, Path, description = "The domain's name")), request_body = AutostartRequest, responses((status = 204, description = "Done"), (status = 404, description = "No such domain", body = ApiError), (status = 409, body = ApiError)))]
 async fn autostart(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
-    Json(body): Json<Autostart>,
+    Json(body): Json<AutostartRequest>,
 ) -> Reply<StatusCode> {
     app.daemon.set_autostart(&name, body.enabled).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/v1/domains/{name}/{action}", params(("name" = String, Path, description = "The domain's name"), ("action" = String, Path, description = "start, shutdown, reboot, reset, destroy, suspend or resume")), responses((status = 200, description = "The domain afterwards", body = DomainInfo), (status = 404, body = ApiError), (status = 409, description = "Not possible in this state", body = ApiError), (status = 500, description = "The monitor failed", body = ApiError)))]
 async fn action(
     State(app): State<App>,
     UrlPath((name, action)): UrlPath<(String, String)>,
@@ -255,6 +269,7 @@ async fn action(
 
 /// The console as a WebSocket: binary messages both ways, bytes as the
 /// guest's serial port (or virtio console) sends and receives them.
+#[utoipa::path(get, path = "/v1/domains/{name}/console", params(("name" = String, Path, description = "The domain's name")), responses((status = 101, description = "WebSocket: binary messages carry the guest console's bytes both ways"), (status = 404, description = "No such domain", body = ApiError), (status = 409, description = "Not running, or its console is not the daemon's", body = ApiError)))]
 async fn console(
     State(app): State<App>,
     UrlPath(name): UrlPath<String>,
@@ -322,6 +337,7 @@ async fn relay(mut socket: WebSocket, stream: tokio::net::UnixStream) {
     let _ = socket.send(Message::Close(None)).await;
 }
 
+#[utoipa::path(get, path = "/v1/events", responses((status = 200, description = "Lifecycle events, one JSON Event per line, as they happen", body = Event, content_type = "application/x-ndjson")))]
 async fn events(State(app): State<App>) -> impl IntoResponse {
     let rx = app.daemon.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -378,4 +394,54 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// The API's OpenAPI document, generated from the handlers and the
+/// `vireo_api::daemon` types (checked in as docs/openapi.json; a test
+/// fails when they drift apart).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "vireod",
+        description = "Vireo's daemon API on /run/vireo/vireod.sock (root, vireod's user and the 'vireo' group). Errors are ApiError with a stable code.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        version, list, define, create, info, undefine, xml, autostart, action, console, events
+    ),
+    components(schemas(
+        DomainInfo,
+        DomainState,
+        Event,
+        ApiError,
+        ErrorCode,
+        VersionInfo,
+        AutostartRequest
+    ))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON.
+pub fn openapi_json() -> String {
+    use utoipa::OpenApi;
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = "v1".to_owned();
+    doc.to_pretty_json().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_checked_in_openapi_document_matches_the_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+        let generated = super::openapi_json() + "\n";
+        if std::env::var_os("VIREO_BLESS").is_some() {
+            std::fs::write(&path, &generated).expect("writing docs/openapi.json");
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "docs/openapi.json is out of date: regenerate it with VIREO_BLESS=1 cargo test -p vireo-daemon openapi"
+        );
+    }
 }
