@@ -21,7 +21,7 @@ use vireo_api::domain_state::{
     CrashedReason, DomainState, PausedReason, RunningReason, ShutOffReason, ShutdownReason,
 };
 use vireo_api::MonitorExit;
-use vireo_domain::{Domain, InterfaceKind, LifecycleAction};
+use vireo_domain::{Domain, LifecycleAction};
 
 use crate::launch::{self, HostSide};
 use crate::monitor::{Ended, Monitor};
@@ -464,17 +464,6 @@ impl Daemon {
 
     fn start_locked(&self, e: &mut Entry, reason: RunningReason) -> Result<(), ApiError> {
         let def = e.def.clone();
-        if def
-            .devices
-            .interfaces
-            .iter()
-            .any(|i| matches!(i.kind, InterfaceKind::Bridge { .. }))
-        {
-            return Err(err(
-                ErrorCode::OperationFailed,
-                format!("domain '{}': bridge interfaces are not supported by vireod yet (use type='ethernet' with a TAP)", def.name),
-            ));
-        }
         let host = self.host_side(&def);
         let plan = launch::plan(&def, &host)
             .map_err(|x| err(ErrorCode::OperationFailed, x.to_string()))?;
@@ -488,15 +477,28 @@ impl Daemon {
                     format!("cannot prepare {}: {x}", run_dir.display()),
                 )
             })?;
+        let taps = crate::net::prepare(&def, &host.taps).map_err(|x| {
+            err(
+                ErrorCode::OperationFailed,
+                format!("domain '{}': {x}", def.name),
+            )
+        })?;
+        // Recorded so a restarted daemon can remove them too.
+        let _ = std::fs::write(run_dir.join("taps"), taps.join("\n"));
         let log = self.config.log_dir.join(format!("{}.log", def.name));
-        let monitor = Monitor::spawn(
+        let monitor = match Monitor::spawn(
             &self.config.vmm,
             &plan,
             &run_dir,
             &log,
             &def.uuid.to_string(),
-        )
-        .map_err(|x| err(ErrorCode::OperationFailed, chain(&x)))?;
+        ) {
+            Ok(m) => m,
+            Err(x) => {
+                crate::net::remove(&taps);
+                return Err(err(ErrorCode::OperationFailed, chain(&x)));
+            }
+        };
         log::info!(
             "'{}' started: pid {} ({})",
             def.name,
@@ -542,6 +544,14 @@ impl Daemon {
         e.pending = Pending::None;
         let live = e.live.take();
         if let Some(l) = &live {
+            if let Ok(list) = std::fs::read_to_string(l.host.run_dir.join("taps")) {
+                let taps: Vec<String> = list
+                    .lines()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                crate::net::remove(&taps);
+            }
             let _ = std::fs::remove_dir_all(&l.host.run_dir);
         }
         let lifecycle = live

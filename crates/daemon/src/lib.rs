@@ -8,5 +8,6 @@
 pub mod core;
 pub mod launch;
 pub mod monitor;
+pub mod net;
 pub mod server;
 pub mod store;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vireo_e2e::{bin, kvm_or_skip};
+use vireo_e2e::{bin, kvm_or_skip, NetNs};
 
 struct Vireod {
     root: PathBuf,
@@ -18,20 +18,31 @@ struct Vireod {
 
 impl Vireod {
     fn start(root: &Path) -> Vireod {
+        Self::start_in(root, None)
+    }
+
+    /// Starts vireod, inside network namespace `ns` if given.
+    fn start_in(root: &Path, ns: Option<&NetNs>) -> Vireod {
         std::fs::create_dir_all(root).expect("root");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(root.join("vireod.log"))
             .expect("log");
-        let child = Command::new(bin("vireod"))
+        let mut command = Command::new(bin("vireod"));
+        command
             .arg("--state-dir")
             .arg(root.join("state"))
             .arg("--run-dir")
             .arg(root.join("run"))
             .arg("--log-dir")
             .arg(root.join("log"))
-            .args(["--destroy-grace", "5"])
+            .args(["--destroy-grace", "5"]);
+        let mut command = match ns {
+            Some(ns) => ns.wrap(&command),
+            None => command,
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -480,6 +491,60 @@ fn the_console_reaches_the_guest_through_the_daemon() {
     let (code, _, err) = vireo(&d, &["console", "echo"]);
     assert_eq!(code, 1);
     assert!(err.contains("is not running"), "{err}");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_bridged_nic_reaches_the_host_through_a_tap_the_daemon_made() {
+    if !kvm_or_skip("a_bridged_nic_reaches_the_host_through_a_tap_the_daemon_made") {
+        return;
+    }
+    let Some(ns) = NetNs::new(
+        "a_bridged_nic_reaches_the_host_through_a_tap_the_daemon_made",
+        &format!("vireod-br-{}", std::process::id()),
+    ) else {
+        return;
+    };
+    ns.ip(&["link", "add", "br0", "type", "bridge"]);
+    ns.ip(&["addr", "add", "10.0.2.2/24", "dev", "br0"]);
+    ns.ip(&["link", "set", "br0", "up"]);
+    let root = scratch("bridge");
+    let d = Vireod::start_in(&root, Some(&ns));
+    let console = root.join("console.log");
+    let xml = format!(
+        "<domain type='kvm'><name>net1</name><memory unit='MiB'>32</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64'>hvm</type><cmdline>scenario=virtio-net mode=msix</cmdline></os>\
+         <devices><interface type='bridge'><source bridge='br0'/><mac address='52:54:00:12:34:56'/>\
+         <target dev='vtap-br'/><model type='virtio'/></interface>\
+         <serial type='file'><source path='{}'/><target port='0'/></serial></devices></domain>",
+        console.display()
+    );
+    d.ok("POST", "/v1/domains", &xml);
+    d.ok("POST", "/v1/domains/net1/start", "");
+    // The guest ARPs and pings the host's bridge address, then powers off.
+    d.wait_state("net1", "shut-off (shutdown)");
+    let text = std::fs::read_to_string(&console).expect("console");
+    assert!(
+        text.contains("virtio-net: ping reply from 10.0.2.2"),
+        "{text}"
+    );
+    // The TAP the daemon made is gone with the VM.
+    assert_eq!(
+        ns.sys_net("vtap-br", "ifindex"),
+        "",
+        "the TAP is still there"
+    );
+    // A bridge that does not exist is a clear error, and nothing is left.
+    let missing = xml
+        .replace("net1", "net2")
+        .replace("br0", "nosuchbr")
+        .replace("vtap-br", "vtap-no");
+    d.ok("POST", "/v1/domains", &missing);
+    let (status, text) = d.call("POST", "/v1/domains/net2/start", "");
+    assert_eq!(status, 500, "{text}");
+    assert!(text.contains("bridge 'nosuchbr' does not exist"), "{text}");
+    assert_eq!(d.state("net2"), "shut-off (unknown)");
     drop(d);
     let _ = std::fs::remove_dir_all(&root);
 }
