@@ -26,6 +26,7 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
         Some("blk") => return crate::bench_blk::main(&args[1..]),
         Some("net") => return crate::bench_net::main(&args[1..]),
         Some("img") => return crate::bench_img::main(&args[1..]),
+        Some("lifecycle") => return crate::bench_lifecycle::main(&args[1..]),
         _ => {}
     }
     let mut runs = 10usize;
@@ -52,7 +53,8 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             "usage: cargo xtask bench boot [--runs N]\n\
              usage: cargo xtask bench blk [--secs N] [--size 1G] [--seq-qd N] [--tests LIST]\n\
              usage: cargo xtask bench net [--secs N] [--frames 64,1514]\n\
-             usage: cargo xtask bench img [--size 4G] [--secs N] [--tests LIST]"
+             usage: cargo xtask bench img [--size 4G] [--secs N] [--tests LIST]\n\
+             usage: cargo xtask bench lifecycle [--cycles N] [--calls N] [--idle N]"
         ),
     }
 }

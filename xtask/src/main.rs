@@ -25,6 +25,7 @@ use anyhow::{bail, Context};
 mod bench;
 mod bench_blk;
 mod bench_img;
+mod bench_lifecycle;
 mod bench_net;
 mod bench_vm;
 mod guest_assets;
