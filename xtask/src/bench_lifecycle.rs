@@ -1,6 +1,6 @@
 //! `cargo xtask bench lifecycle [--cycles N] [--calls N] [--idle N]`:
 //! vireod against Debian's libvirtd + QEMU, side by side on the same
-//! machine and the same test guest (64 MiB, waiting for the power button).
+//! machine and the same test guest (64 MiB, its `idle` scenario: halted).
 //!
 //! - cycles/s of define + start + destroy + undefine through each daemon's
 //!   own API (vireod's REST socket; libvirt's API through python3-libvirt,
@@ -27,7 +27,7 @@ use anyhow::{bail, Context};
 use crate::bench_vm::{cell, ratio};
 use crate::cargo;
 
-const GUEST_CMDLINE: &str = "scenario=powerbutton timeout_ms=600000";
+const GUEST_CMDLINE: &str = "scenario=idle";
 
 pub fn main(args: &[String]) -> anyhow::Result<()> {
     let mut cycles = 20usize;
@@ -409,7 +409,7 @@ libvirt.registerErrorHandler(lambda *args: None, None)
 conn = libvirt.open("qemu:///system")
 def xml(name):
     return f"""<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
-<os><type arch='x86_64' machine='pc'>hvm</type><kernel>{guest}</kernel><cmdline>scenario=powerbutton timeout_ms=600000</cmdline></os>
+<os><type arch='x86_64' machine='pc'>hvm</type><kernel>{guest}</kernel><cmdline>scenario=idle</cmdline></os>
 <features><acpi/></features><devices><emulator>/usr/bin/qemu-system-x86_64</emulator><serial type='null'/><memballoon model='none'/></devices></domain>"""
 for name in [f"vbench-cycle{i}" for i in range(cycles)] + [f"vbench-idle{i}" for i in range(idle)]:
     try:

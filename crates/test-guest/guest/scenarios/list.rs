@@ -11,6 +11,7 @@ scenarios! {
     ("smp", smp::smp, "starts cpus=N CPUs, checks their APIC IDs and CPUID topology (leaves 1 and 0xB; sockets=S)"),
     ("reset", power::reset, "resets (method=i8042|cf9|triple-fault) and passes after the reboot (CMOS byte 0x5f marks it)"),
     ("powerbutton", power::powerbutton, "enables the ACPI power button event, waits for a press (timeout_ms=30000), then powers off"),
+    ("idle", power::idle, "halts for good with interrupts disabled: an idle VM that uses no host CPU until the host stops it"),
     ("poweroff", power::poweroff, "powers off through the ACPI PM1a control port 0x604; FAIL if still running after 1 s"),
     ("unemulated", basic::unemulated, "runs x87 fninit + fld1 at CPL0 (KVM_EXIT_INTERNAL_ERROR on the emulating host); exits with status 3 if it ran"),
     ("exception", basic::exception, "reads a non-canonical address at CPL3: #GP, EXCEPTION line, status 2"),
