@@ -90,25 +90,34 @@ pub(crate) fn is_zero(data: &[u8]) -> bool {
     head.iter().all(|&b| b == 0) && body.iter().all(|&w| w == 0) && tail.iter().all(|&b| b == 0)
 }
 
-/// Reads the whole list from `fd` at `offset`; bytes past the end of the
-/// file read as zeros (as a file's unwritten tail does).
-pub(crate) fn preadv_full(fd: RawFd, bufs: &[IoBuf], offset: u64) -> io::Result<()> {
+/// Which way [`transfer_all`] moves the bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Read,
+    Write,
+}
+
+/// preadv/pwritev of the whole list at `offset`, resuming after short
+/// transfers and EINTR. Reads that reach the end of the file fill the rest
+/// with zeros (as a file's unwritten tail reads); writes that make no
+/// progress fail with WriteZero.
+fn transfer_all(fd: RawFd, bufs: &[IoBuf], offset: u64, dir: Direction) -> io::Result<()> {
     let mut list: Vec<IoBuf> = bufs.iter().copied().filter(|b| !b.is_empty()).collect();
     let mut start = 0;
     let mut pos = offset;
     while start < list.len() {
-        let count = (list.len() - start).min(IOV_MAX);
+        let count = (list.len() - start).min(IOV_MAX) as libc::c_int;
         let off =
             libc::off_t::try_from(pos).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: the iovecs describe memory valid for writes (IoBuf
-        // contract); `count` of them from `start` exist.
+        let iov = IoBuf::as_iovecs(&list[start..]);
+        // SAFETY: the iovecs describe memory valid for writes (reads) or
+        // reads (writes) by the IoBuf contract; `count` of them from
+        // `start` exist.
         let ret = unsafe {
-            libc::preadv(
-                fd,
-                IoBuf::as_iovecs(&list[start..]),
-                count as libc::c_int,
-                off,
-            )
+            match dir {
+                Direction::Read => libc::preadv(fd, iov, count, off),
+                Direction::Write => libc::pwritev(fd, iov, count, off),
+            }
         };
         if ret < 0 {
             let err = io::Error::last_os_error();
@@ -118,8 +127,13 @@ pub(crate) fn preadv_full(fd: RawFd, bufs: &[IoBuf], offset: u64) -> io::Result<
             return Err(err);
         }
         if ret == 0 {
-            zero(&list[start..]);
-            return Ok(());
+            return match dir {
+                Direction::Read => {
+                    zero(&list[start..]);
+                    Ok(())
+                }
+                Direction::Write => Err(io::Error::from(io::ErrorKind::WriteZero)),
+            };
         }
         pos += ret as u64;
         crate::iobuf::advance_bufs(&mut list, &mut start, ret as usize);
@@ -127,39 +141,15 @@ pub(crate) fn preadv_full(fd: RawFd, bufs: &[IoBuf], offset: u64) -> io::Result<
     Ok(())
 }
 
+/// Reads the whole list from `fd` at `offset`; bytes past the end of the
+/// file read as zeros (as a file's unwritten tail does).
+pub(crate) fn preadv_full(fd: RawFd, bufs: &[IoBuf], offset: u64) -> io::Result<()> {
+    transfer_all(fd, bufs, offset, Direction::Read)
+}
+
 /// Writes the whole list to `fd` at `offset`.
 pub(crate) fn pwritev_all(fd: RawFd, bufs: &[IoBuf], offset: u64) -> io::Result<()> {
-    let mut list: Vec<IoBuf> = bufs.iter().copied().filter(|b| !b.is_empty()).collect();
-    let mut start = 0;
-    let mut pos = offset;
-    while start < list.len() {
-        let count = (list.len() - start).min(IOV_MAX);
-        let off =
-            libc::off_t::try_from(pos).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: the iovecs describe memory valid for reads (IoBuf
-        // contract); `count` of them from `start` exist.
-        let ret = unsafe {
-            libc::pwritev(
-                fd,
-                IoBuf::as_iovecs(&list[start..]),
-                count as libc::c_int,
-                off,
-            )
-        };
-        if ret < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if ret == 0 {
-            return Err(io::Error::from(io::ErrorKind::WriteZero));
-        }
-        pos += ret as u64;
-        crate::iobuf::advance_bufs(&mut list, &mut start, ret as usize);
-    }
-    Ok(())
+    transfer_all(fd, bufs, offset, Direction::Write)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::cache::TableCache;
 use super::header::{Header, MAX_REFTABLE_BYTES};
@@ -437,20 +437,9 @@ impl Meta {
                 "refcount block at {offset:#x} lies beyond the end of the file"
             )));
         }
-        if let Some(victim) = self.refblocks.victim() {
-            // Refcount blocks may be written at any time (rule 3 keeps
-            // decrements out of them until it is safe).
-            if let Some(entry) = self.refblocks.get(victim) {
-                if entry.dirty {
-                    ctx.write_all(&entry.data, victim, "a refcount block")?;
-                }
-            }
-            self.refblocks.remove(victim);
-        }
         let mut data = vec![0u8; cs as usize].into_boxed_slice();
         read_padded(ctx, &mut data, offset, self.file_len, "a refcount block")?;
-        self.refblocks.insert(offset, data, false);
-        Ok(())
+        self.cache_refblock(ctx, offset, data)
     }
 
     fn reftable_entry(&self, ctx: &Ctx, index: usize) -> Result<u64, ImageError> {
@@ -603,6 +592,8 @@ impl Meta {
         block: Box<[u8]>,
     ) -> Result<(), ImageError> {
         if let Some(victim) = self.refblocks.victim() {
+            // Refcount blocks may be written at any time (rule 3 keeps
+            // decrements out of them until it is safe).
             if let Some(entry) = self.refblocks.get(victim) {
                 if entry.dirty {
                     ctx.write_all(&entry.data, victim, "a refcount block")?;
@@ -907,11 +898,6 @@ pub(crate) fn table_bytes(entries: &[u64], len: usize) -> Vec<u8> {
         put_be64(&mut out, i, e);
     }
     out
-}
-
-#[allow(dead_code)]
-pub(crate) fn path_of(ctx: &Ctx) -> &Path {
-    &ctx.path
 }
 
 #[cfg(test)]

@@ -464,6 +464,26 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// The guest clusters `offset..offset+len` covers whole, as the first
+    /// and last index; the disk's last cluster counts as whole when the
+    /// range reaches the end of the disk.
+    fn whole_clusters(&self, offset: u64, len: u64) -> Option<(u64, u64)> {
+        let cs = self.ctx.cs();
+        let end = offset + len;
+        let first = offset.next_multiple_of(cs);
+        let whole_end = if end == self.size {
+            end.next_multiple_of(cs)
+        } else {
+            end & !(cs - 1)
+        };
+        (first < whole_end).then(|| {
+            (
+                first >> self.ctx.cluster_bits,
+                (whole_end >> self.ctx.cluster_bits) - 1,
+            )
+        })
+    }
+
     fn check_writable(&self, what: &'static str) -> Result<(), ImageError> {
         if self.ctx.read_only {
             return Err(ImageError::ReadOnly {
@@ -662,16 +682,8 @@ impl Image for Qcow2 {
         if len == 0 {
             return Ok(());
         }
-        let cs = self.ctx.cs();
         let end = offset + len;
-        let first_full = offset.next_multiple_of(cs);
-        // The disk's last cluster counts as whole if the range reaches the
-        // end of the disk.
-        let last_full_end = if end == self.size {
-            end.next_multiple_of(cs)
-        } else {
-            end & !(cs - 1)
-        };
+        let whole = self.whole_clusters(offset, len);
         let zeros = |from: u64, to: u64| -> Result<(), ImageError> {
             let mut pos = from;
             let buf = vec![0u8; (to - from).min(1 << 20) as usize];
@@ -682,44 +694,27 @@ impl Image for Qcow2 {
             }
             Ok(())
         };
-        if self.ctx.version < 3 || first_full >= last_full_end {
-            return zeros(offset, end);
+        let cb = self.ctx.cluster_bits;
+        match whole {
+            Some((first, last)) if self.ctx.version >= 3 => {
+                zeros(offset, first << cb)?;
+                self.zero_clusters(first, last, true, !unmap)?;
+                let whole_end = ((last + 1) << cb).min(end);
+                zeros(whole_end, end)
+            }
+            _ => zeros(offset, end),
         }
-        zeros(offset, first_full)?;
-        self.zero_clusters(
-            first_full >> self.ctx.cluster_bits,
-            (last_full_end >> self.ctx.cluster_bits) - 1,
-            true,
-            !unmap,
-        )?;
-        if last_full_end < end {
-            zeros(last_full_end, end)?;
-        }
-        Ok(())
     }
 
     fn discard(&self, offset: u64, len: u64) -> Result<(), ImageError> {
         self.check_writable("discard")?;
         check_range(&self.ctx.path, "discard", offset, len, self.size)?;
-        let cs = self.ctx.cs();
-        let end = offset + len;
-        let first_full = offset.next_multiple_of(cs);
-        let last_full_end = if end == self.size {
-            end.next_multiple_of(cs)
-        } else {
-            end & !(cs - 1)
-        };
-        if first_full >= last_full_end {
-            // Discard is advisory: partial clusters stay as they are.
+        // Discard is advisory: partial clusters stay as they are.
+        let Some((first, last)) = self.whole_clusters(offset, len) else {
             return Ok(());
-        }
+        };
         let zero = self.ctx.version >= 3 && self.backing.is_some();
-        self.zero_clusters(
-            first_full >> self.ctx.cluster_bits,
-            (last_full_end >> self.ctx.cluster_bits) - 1,
-            zero,
-            false,
-        )
+        self.zero_clusters(first, last, zero, false)
     }
 
     fn flush(&self) -> Result<(), ImageError> {
