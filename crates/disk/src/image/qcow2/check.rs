@@ -52,6 +52,16 @@ struct Counter {
     refs: Vec<u32>,
     cluster_bits: u32,
     file_clusters: u64,
+    /// The active tree's entries whose COPIED flag must match the stored
+    /// refcount of the cluster they point to, noted during the walk so the
+    /// tables are read once.
+    copied: Vec<Flagged>,
+}
+
+/// An active L1 or L2 entry pointing inside the file.
+enum Flagged {
+    L1 { index: usize, entry: u64 },
+    L2 { entry: u64 },
 }
 
 impl Counter {
@@ -141,6 +151,7 @@ impl Qcow2 {
             refs: vec![0; n as usize],
             cluster_bits: cb,
             file_clusters,
+            copied: Vec::new(),
         };
         let problem = |report: &mut CheckReport, text: String| {
             report.corruptions += 1;
@@ -206,6 +217,12 @@ impl Qcow2 {
                     );
                     continue;
                 }
+                if active {
+                    counter.copied.push(Flagged::L1 {
+                        index: i,
+                        entry: l1e,
+                    });
+                }
                 let mut data = vec![0u8; cs as usize];
                 ctx.read_exact(&mut data, table, "an L2 table")?;
                 for j in 0..entries {
@@ -228,6 +245,8 @@ impl Qcow2 {
                                     "the data of guest offset {:#x} at {host:#x} lies beyond the end of the file",
                                     gc << cb
                                 ));
+                            } else if active {
+                                counter.copied.push(Flagged::L2 { entry });
                             }
                             // Preallocated zero clusters count as allocated
                             // too, as qemu-img reports them.
@@ -293,41 +312,20 @@ impl Qcow2 {
             }
         }
         // COPIED flags of the active tree.
-        let entries = 1usize << ctx.l2_bits();
-        for (i, &l1e) in meta.l1.clone().iter().enumerate() {
-            let table = l1e & OFFSET_MASK;
-            if table == 0 || table >> cb >= counter.refs.len() as u64 {
-                continue;
-            }
-            let rc = meta.refcount(ctx, table >> cb)?;
-            if (rc == 1) != (l1e & COPIED != 0) {
+        for flagged in &counter.copied {
+            let (entry, what) = match *flagged {
+                Flagged::L1 { index, entry } => (
+                    entry,
+                    format!("L2 cluster: l1_index={index} l1_entry={entry:x}"),
+                ),
+                Flagged::L2 { entry } => (entry, format!("data cluster: l2_entry={entry:x}")),
+            };
+            let rc = meta.refcount(ctx, (entry & OFFSET_MASK) >> cb)?;
+            if (rc == 1) != (entry & COPIED != 0) {
                 report.corruptions += 1;
-                report.messages.push(format!(
-                    "ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1e:x} refcount={rc}"
-                ));
-            }
-            let mut data = vec![0u8; ctx.cs() as usize];
-            ctx.read_exact(&mut data, table, "an L2 table")?;
-            for j in 0..entries {
-                let entry = meta::get_be64(&data, j);
-                let gc = ((i << ctx.l2_bits()) + j) as u64;
-                let host = match meta.classify(ctx, gc, entry) {
-                    Ok(Mapping::Data { host, .. })
-                    | Ok(Mapping::Zero {
-                        host: Some(host), ..
-                    }) => host,
-                    _ => continue,
-                };
-                if host >> cb >= counter.refs.len() as u64 {
-                    continue;
-                }
-                let rc = meta.refcount(ctx, host >> cb)?;
-                if (rc == 1) != (entry & COPIED != 0) {
-                    report.corruptions += 1;
-                    report.messages.push(format!(
-                        "ERROR OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={rc}"
-                    ));
-                }
+                report
+                    .messages
+                    .push(format!("ERROR OFLAG_COPIED {what} refcount={rc}"));
             }
         }
         report.image_end_offset = end << cb;
