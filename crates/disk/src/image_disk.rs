@@ -8,12 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::engine::pool::{PoolEngine, Target};
-use crate::engine::{JobKind, JobSpec, MAX_WORKERS};
-use crate::error::Extent;
+use crate::engine::{self, MAX_WORKERS};
 use crate::image::Image;
 use crate::sys::{self, EventFd};
 use crate::{
-    Completion, Disk, DiskInfo, DiskQueue, DiskSerial, EngineKind, IoBuf, OpenError, QueueConfig,
+    Completion, Disk, DiskInfo, DiskQueue, DiskSerial, EngineKind, OpenError, QueueConfig,
     QueueError, Request, RequestError, MAX_BUFFERS,
 };
 
@@ -129,86 +128,19 @@ impl std::fmt::Debug for ImageQueue {
     }
 }
 
-impl ImageQueue {
-    fn check(&self, id: u64, request: &Request<'_>) -> Result<(JobSpec, usize), RequestError> {
-        let (kind, offset, len, count) = match *request {
-            Request::Read { offset, bufs } => (
-                JobKind::Read { bounce: false },
-                offset,
-                total_len(bufs),
-                bufs.len(),
-            ),
-            Request::Write { offset, bufs } => (
-                JobKind::Write { bounce: false },
-                offset,
-                total_len(bufs),
-                bufs.len(),
-            ),
-            Request::Flush => (JobKind::Flush, 0, 0, 0),
-            Request::Discard { offset, len } => (JobKind::Discard, offset, len, 0),
-            Request::WriteZeroes { offset, len, unmap } => {
-                (JobKind::WriteZeroes { unmap }, offset, len, 0)
-            }
-        };
-        let op = kind.operation();
-        let extent = Extent { op, offset, len };
-        if self.info.read_only && op.modifies() {
-            return Err(RequestError::ReadOnly {
-                path: self.path.clone(),
-                op,
-            });
-        }
-        if count > MAX_BUFFERS {
-            return Err(RequestError::TooManyBuffers {
-                path: self.path.clone(),
-                extent,
-                count,
-                max: MAX_BUFFERS,
-            });
-        }
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.info.size)
-        {
-            return Err(RequestError::OutOfRange {
-                path: self.path.clone(),
-                extent,
-                size: self.info.size,
-            });
-        }
-        let kind = if len == 0 && matches!(kind, JobKind::Discard | JobKind::WriteZeroes { .. }) {
-            JobKind::Nop(op)
-        } else {
-            kind
-        };
-        Ok((
-            JobSpec {
-                id,
-                kind,
-                offset,
-                len,
-            },
-            count,
-        ))
-    }
-}
-
-fn total_len(bufs: &[IoBuf]) -> u64 {
-    bufs.iter()
-        .fold(0u64, |sum, b| sum.saturating_add(b.len() as u64))
-}
-
 impl DiskQueue for ImageQueue {
     fn engine(&self) -> EngineKind {
         EngineKind::ThreadPool
     }
 
     fn enqueue(&mut self, id: u64, request: Request<'_>) -> Result<(), RequestError> {
-        let (spec, _) = self.check(id, &request)?;
-        let bufs = match request {
-            Request::Read { bufs, .. } | Request::Write { bufs, .. } => bufs,
-            _ => &[],
-        };
+        let (spec, bufs) = engine::check_request(
+            &self.path,
+            self.info.read_only,
+            self.info.size,
+            id,
+            &request,
+        )?;
         self.engine.push(spec, bufs);
         Ok(())
     }
@@ -248,6 +180,7 @@ impl DiskQueue for ImageQueue {
 mod tests {
     use super::*;
     use crate::image::{self, CreateOptions, ImageOptions, Qcow2};
+    use crate::IoBuf;
 
     #[test]
     fn a_qcow2_disk_serves_queued_requests() {

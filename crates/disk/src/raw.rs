@@ -8,8 +8,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::engine::{Engine, JobKind, JobSpec};
-use crate::error::Extent;
+use crate::engine::{self, Engine, JobKind, JobSpec};
 use crate::file::FileCtx;
 use crate::{
     sys, Completion, Disk, DiskInfo, DiskQueue, DiskSerial, EngineKind, IoBuf, OpenError,
@@ -252,63 +251,20 @@ pub struct RawQueue {
 impl RawQueue {
     /// Checks a request against the disk: range, read-only, buffer count,
     /// and direct I/O alignment.
-    fn check(&self, id: u64, request: &Request<'_>) -> Result<JobSpec, RequestError> {
+    fn check<'a>(
+        &self,
+        id: u64,
+        request: &Request<'a>,
+    ) -> Result<(JobSpec, &'a [IoBuf]), RequestError> {
         let file = &*self.file;
-        let (kind, offset, len, bufs) = match *request {
-            Request::Read { offset, bufs } => (
-                JobKind::Read { bounce: false },
-                offset,
-                total_len(bufs),
-                bufs,
-            ),
-            Request::Write { offset, bufs } => (
-                JobKind::Write { bounce: false },
-                offset,
-                total_len(bufs),
-                bufs,
-            ),
-            Request::Flush => (JobKind::Flush, 0, 0, &[][..]),
-            Request::Discard { offset, len } => (JobKind::Discard, offset, len, &[][..]),
-            Request::WriteZeroes { offset, len, unmap } => {
-                (JobKind::WriteZeroes { unmap }, offset, len, &[][..])
-            }
-        };
-        let op = kind.operation();
-        let extent = Extent { op, offset, len };
-        if file.read_only && op.modifies() {
-            return Err(RequestError::ReadOnly {
-                path: file.path.clone(),
-                op,
-            });
-        }
-        if bufs.len() > MAX_BUFFERS {
-            return Err(RequestError::TooManyBuffers {
-                path: file.path.clone(),
-                extent,
-                count: bufs.len(),
-                max: MAX_BUFFERS,
-            });
-        }
-        if offset.checked_add(len).is_none_or(|end| end > file.size) {
-            return Err(RequestError::OutOfRange {
-                path: file.path.clone(),
-                extent,
-                size: file.size,
-            });
-        }
-        let mut spec = JobSpec {
-            id,
-            kind,
-            offset,
-            len,
-        };
-        if len == 0 && matches!(kind, JobKind::Discard | JobKind::WriteZeroes { .. }) {
-            spec.kind = JobKind::Nop(op);
-        }
+        let (mut spec, bufs) =
+            engine::check_request(&file.path, file.read_only, file.size, id, request)?;
+        let (kind, offset, len) = (spec.kind, spec.offset, spec.len);
+        let extent = spec.extent();
         if file.direct
             && matches!(
-                kind,
-                JobKind::Read { .. } | JobKind::Write { .. } | JobKind::WriteZeroes { .. }
+                request,
+                Request::Read { .. } | Request::Write { .. } | Request::WriteZeroes { .. }
             )
         {
             let align = u64::from(file.offset_align);
@@ -331,14 +287,8 @@ impl RawQueue {
                 other => other,
             };
         }
-        Ok(spec)
+        Ok((spec, bufs))
     }
-}
-
-fn total_len(bufs: &[IoBuf]) -> u64 {
-    // Saturates instead of overflowing: such a request is out of range.
-    bufs.iter()
-        .fold(0u64, |sum, b| sum.saturating_add(b.len() as u64))
 }
 
 impl DiskQueue for RawQueue {
@@ -347,11 +297,7 @@ impl DiskQueue for RawQueue {
     }
 
     fn enqueue(&mut self, id: u64, request: Request<'_>) -> Result<(), RequestError> {
-        let spec = self.check(id, &request)?;
-        let bufs = match request {
-            Request::Read { bufs, .. } | Request::Write { bufs, .. } => bufs,
-            _ => &[],
-        };
+        let (spec, bufs) = self.check(id, &request)?;
         self.engine.push(spec, bufs)
     }
 

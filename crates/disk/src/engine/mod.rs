@@ -15,7 +15,10 @@ use std::sync::Arc;
 use crate::error::Extent;
 use crate::file::FileCtx;
 use crate::sys::EventFd;
-use crate::{Completion, EngineKind, IoBuf, Operation, QueueConfig, QueueError, RequestError};
+use crate::{
+    Completion, EngineKind, IoBuf, Operation, QueueConfig, QueueError, Request, RequestError,
+    MAX_BUFFERS,
+};
 
 pub(crate) use pool::PoolEngine;
 pub(crate) use uring::UringEngine;
@@ -76,6 +79,80 @@ impl JobSpec {
             len: self.len,
         }
     }
+}
+
+/// The checks every disk makes before queueing a request: read-only,
+/// buffer count, range. Returns the job (an empty discard or write-zeroes
+/// becomes a no-op) and the request's buffers.
+pub(crate) fn check_request<'a>(
+    path: &Arc<std::path::Path>,
+    read_only: bool,
+    size: u64,
+    id: u64,
+    request: &Request<'a>,
+) -> Result<(JobSpec, &'a [IoBuf]), RequestError> {
+    let (kind, offset, len, bufs) = match *request {
+        Request::Read { offset, bufs } => (
+            JobKind::Read { bounce: false },
+            offset,
+            total_len(bufs),
+            bufs,
+        ),
+        Request::Write { offset, bufs } => (
+            JobKind::Write { bounce: false },
+            offset,
+            total_len(bufs),
+            bufs,
+        ),
+        Request::Flush => (JobKind::Flush, 0, 0, &[][..]),
+        Request::Discard { offset, len } => (JobKind::Discard, offset, len, &[][..]),
+        Request::WriteZeroes { offset, len, unmap } => {
+            (JobKind::WriteZeroes { unmap }, offset, len, &[][..])
+        }
+    };
+    let op = kind.operation();
+    let extent = Extent { op, offset, len };
+    if read_only && op.modifies() {
+        return Err(RequestError::ReadOnly {
+            path: path.clone(),
+            op,
+        });
+    }
+    if bufs.len() > MAX_BUFFERS {
+        return Err(RequestError::TooManyBuffers {
+            path: path.clone(),
+            extent,
+            count: bufs.len(),
+            max: MAX_BUFFERS,
+        });
+    }
+    if offset.checked_add(len).is_none_or(|end| end > size) {
+        return Err(RequestError::OutOfRange {
+            path: path.clone(),
+            extent,
+            size,
+        });
+    }
+    let kind = if len == 0 && matches!(kind, JobKind::Discard | JobKind::WriteZeroes { .. }) {
+        JobKind::Nop(op)
+    } else {
+        kind
+    };
+    Ok((
+        JobSpec {
+            id,
+            kind,
+            offset,
+            len,
+        },
+        bufs,
+    ))
+}
+
+fn total_len(bufs: &[IoBuf]) -> u64 {
+    // Saturates instead of overflowing: such a request is out of range.
+    bufs.iter()
+        .fold(0u64, |sum, b| sum.saturating_add(b.len() as u64))
 }
 
 /// A queue's engine.
