@@ -129,14 +129,14 @@ impl Daemon {
         let test_guest = config.run_dir.join("test-guest.elf");
         if std::fs::read(&test_guest).ok().as_deref() != Some(config.test_guest) {
             let temp = config.run_dir.join(".test-guest.elf.tmp");
-            std::fs::write(&temp, config.test_guest)
-                .and_then(|()| std::fs::rename(&temp, &test_guest))
-                .map_err(|e| {
+            crate::store::write_atomically(&test_guest, &temp, config.test_guest).map_err(
+                |(what, path, e)| {
                     err(
                         ErrorCode::Internal,
-                        format!("cannot write {}: {e}", test_guest.display()),
+                        format!("{what} {}: {e}", path.display()),
                     )
-                })?;
+                },
+            )?;
         }
         let (events, _) = broadcast::channel(1024);
         let daemon = Arc::new_cyclic(|me| Daemon {

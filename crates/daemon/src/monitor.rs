@@ -14,8 +14,8 @@
 //! after a restart is not, and a vanished one is reported as ended with its
 //! status unknown.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, OpenOptions};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
@@ -301,20 +301,8 @@ fn write_record(run_dir: &Path, record: &Record) -> Result<(), MonitorError> {
     let temp = run_dir.join(".monitor.json.tmp");
     let text = serde_json::to_string(record)
         .map_err(|_| MonitorError::BadRecord { path: path.clone() })?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .map_err(io_err("cannot create", &temp))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io_err("cannot write", &temp))?;
-    fs::rename(&temp, &path).map_err(io_err("cannot rename into place", &path))?;
-    File::open(run_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("cannot sync", run_dir))
+    crate::store::write_atomically(&path, &temp, text.as_bytes())
+        .map_err(|(what, path, source)| MonitorError::Io { what, path, source })
 }
 
 #[cfg(test)]

@@ -138,24 +138,13 @@ impl Store {
         let temp = self
             .dir
             .join(format!("{TEMP_PREFIX}{name}-{}", std::process::id()));
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temp)
-                .map_err(io_err("cannot create", &temp))?;
-            file.write_all(text.as_bytes())
-                .map_err(io_err("cannot write", &temp))?;
-            file.sync_all().map_err(io_err("cannot sync", &temp))?;
-            fs::rename(&temp, &path).map_err(io_err("cannot rename into place", &path))?;
-            sync_dir(&self.dir)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result
+        write_atomically(&path, &temp, text.as_bytes()).map_err(|(what, at, source)| {
+            StoreError::Io {
+                what,
+                path: at,
+                source,
+            }
+        })
     }
 
     /// Removes `name`'s definition (and its autostart mark).
@@ -219,6 +208,38 @@ fn check_name(name: &str) -> Result<(), StoreError> {
         return bad("a name cannot contain '/' or control characters");
     }
     Ok(())
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old file or the
+/// new one, never a mix: written to `temp` (same directory, owner-only),
+/// synced, renamed over `path`, and the directory synced. On failure the
+/// temporary file is removed; the error says what failed on which path.
+pub(crate) fn write_atomically(
+    path: &Path,
+    temp: &Path,
+    bytes: &[u8],
+) -> Result<(), (&'static str, PathBuf, io::Error)> {
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(temp)
+            .map_err(|e| ("cannot create", temp.to_owned(), e))?;
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| ("cannot write", temp.to_owned(), e))?;
+        fs::rename(temp, path).map_err(|e| ("cannot rename into place", path.to_owned(), e))?;
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| ("cannot sync", dir.to_owned(), e))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(temp);
+    }
+    result
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
